@@ -1,0 +1,381 @@
+/* cache: creation, frames under budget, eviction, stats; see cache.h. */
+#include "cache_i.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint32_t pages_of(uint64_t bytes)
+{
+	uint64_t p = bytes >> CACHE_PAGE_SHIFT;
+
+	return p > UINT32_MAX - 16 ? UINT32_MAX - 16 : (uint32_t)p;
+}
+
+int cache_create(const struct cache_config *cfg, struct cache **out)
+{
+	struct cache *c;
+	uint32_t limit, capacity;
+	long phys = sysconf(_SC_PHYS_PAGES);
+	int ret;
+
+	if (cfg->size_bytes < 16 * CACHE_PAGE_SIZE)
+		return -EINVAL;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->cfg = *cfg;
+	if (!c->cfg.writeback_ms)
+		c->cfg.writeback_ms = 5000;
+	limit = pages_of(cfg->size_bytes) + FID_FIRST;
+	/* Reserve room to raise the budget at run time up to RAM size. */
+	capacity = phys > 0 ? pages_of((uint64_t)phys << CACHE_PAGE_SHIFT) : 0;
+	if (capacity < limit)
+		capacity = limit;
+	ret = frame_table_init(&c->ft, limit, capacity);
+	if (ret)
+		goto out_free;
+	pthread_mutex_init(&c->map_lock, NULL);
+	pthread_cond_init(&c->frames_freed, NULL);
+	pthread_mutex_init(&c->wb_lock, NULL);
+	pthread_cond_init(&c->wb_cond, NULL);
+	pthread_mutex_init(&c->files_lock, NULL);
+	c->wb_head.wb_next = c->wb_head.wb_prev = &c->wb_head;
+	c->files_head.all_next = c->files_head.all_prev = &c->files_head;
+	ret = cache_wb_start(c);
+	if (ret)
+		goto out_fini;
+	*out = c;
+	return 0;
+
+out_fini:
+	frame_table_fini(&c->ft);
+out_free:
+	free(c);
+	return ret;
+}
+
+int cache_destroy(struct cache *c)
+{
+	int ret;
+
+	if (!c)
+		return 0;
+	cache_wb_stop(c);
+	ret = cache_sync_all(c);
+	/* Files the front end never released: drop their pages now. */
+	pthread_mutex_lock(&c->files_lock);
+	while (c->files_head.all_next != &c->files_head) {
+		struct cfile *f = c->files_head.all_next;
+
+		pthread_mutex_unlock(&c->files_lock);
+		atomic_store(&f->refs, 1);
+		atomic_store(&f->orphan, true); /* written back above */
+		cfile_put(f);
+		pthread_mutex_lock(&c->files_lock);
+	}
+	pthread_mutex_unlock(&c->files_lock);
+	frame_table_fini(&c->ft);
+	pthread_mutex_destroy(&c->map_lock);
+	pthread_cond_destroy(&c->frames_freed);
+	pthread_mutex_destroy(&c->wb_lock);
+	pthread_cond_destroy(&c->wb_cond);
+	pthread_mutex_destroy(&c->files_lock);
+	free(c);
+	return ret;
+}
+
+void cache_set_share_ops(struct cache *c, const struct cache_share_ops *ops)
+{
+	c->share = *ops;
+}
+
+static void share_forget(struct cache *c, uint32_t fid, struct frame *fr)
+{
+	if ((frame_flags(fr) & (F_STABLE | F_UNSTABLE | F_PHYS)) &&
+	    c->share.forget)
+		c->share.forget(c->share.ctx, fid);
+	frame_clear(fr, F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED);
+}
+
+static void free_frame_locked(struct cache *c, uint32_t fid)
+{
+	struct frame *fr = cache_frame(c, fid);
+
+	share_forget(c, fid, fr);
+	frame_free_locked(&c->ft, fid);
+	pthread_cond_broadcast(&c->frames_freed);
+}
+
+void cache_frame_unpin(struct cache *c, uint32_t fid)
+{
+	struct frame *fr = cache_frame(c, fid);
+
+	if (atomic_fetch_sub(&fr->pins, 1) != 1)
+		return;
+	if (!(atomic_load(&fr->flags) & F_ORPHAN))
+		return;
+	pthread_mutex_lock(&c->map_lock);
+	if (atomic_load(&fr->pins) == 0 &&
+	    (atomic_load(&fr->flags) & (F_ORPHAN | F_FREE)) == F_ORPHAN)
+		free_frame_locked(c, fid);
+	pthread_mutex_unlock(&c->map_lock);
+}
+
+void cache_unmap_page_locked(struct cache *c, struct cfile *f,
+			     uint64_t index, uint32_t fid)
+{
+	struct frame *fr = cache_frame(c, fid);
+
+	if (!frame_del_mapper(&c->ft, fid, f, index))
+		return;
+	share_forget(c, fid, fr);
+	if (atomic_load(&fr->pins) == 0)
+		free_frame_locked(c, fid);
+}
+
+void cache_unmap_page(struct cache *c, struct cfile *f, uint64_t index,
+		      uint32_t fid)
+{
+	pthread_mutex_lock(&c->map_lock);
+	cache_unmap_page_locked(c, f, index, fid);
+	pthread_mutex_unlock(&c->map_lock);
+}
+
+#define EVICT_MAX_MAPPERS 64
+
+/* Try to evict one frame; map_lock held. */
+static bool evict_one(struct cache *c, uint32_t fid)
+{
+	struct frame *fr = cache_frame(c, fid);
+	struct mapping m[EVICT_MAX_MAPPERS];
+	struct cfile *locked[EVICT_MAX_MAPPERS];
+	unsigned n, nlocked = 0;
+	bool ok = false;
+
+	if (fr->nmappers > EVICT_MAX_MAPPERS)
+		return false;
+	n = frame_mappers(&c->ft, fid, m, EVICT_MAX_MAPPERS);
+	for (unsigned i = 0; i < n; i++) {
+		bool dup = false;
+
+		for (unsigned k = 0; k < nlocked; k++)
+			dup |= locked[k] == m[i].file;
+		if (dup)
+			continue;
+		if (pthread_rwlock_trywrlock(&m[i].file->pidx_lock))
+			goto out_unlock;
+		locked[nlocked++] = m[i].file;
+	}
+	/* With every mapper's index locked, no new pin can appear. */
+	if (atomic_load(&fr->pins) ||
+	    (frame_flags(fr) & (F_DIRTY | F_IO | F_WB | F_FREE)))
+		goto out_unlock;
+	share_forget(c, fid, fr);
+	for (unsigned i = 0; i < n; i++) {
+		if (pidx_lookup(&m[i].file->pidx, m[i].index) == fid)
+			pidx_erase(&m[i].file->pidx, m[i].index);
+		frame_del_mapper(&c->ft, fid, m[i].file, m[i].index);
+	}
+	if (!(frame_flags(fr) & F_FREE))
+		free_frame_locked(c, fid);
+	ok = true;
+out_unlock:
+	while (nlocked)
+		pthread_rwlock_unlock(&locked[--nlocked]->pidx_lock);
+	return ok;
+}
+
+unsigned cache_evict_locked(struct cache *c, unsigned want)
+{
+	struct frame_table *t = &c->ft;
+	unsigned done = 0;
+	uint64_t budget = 2ull * t->high + 2;
+
+	while (done < want && budget--) {
+		uint32_t fid = t->clock_hand++;
+		struct frame *fr;
+		uint32_t fl;
+
+		if (t->clock_hand >= t->high)
+			t->clock_hand = FID_FIRST;
+		if (fid < FID_FIRST || fid >= t->high)
+			continue;
+		fr = frame_of(t, fid);
+		fl = frame_flags(fr);
+		if (fl & (F_FREE | F_ZERO | F_IO | F_DIRTY | F_WB))
+			continue;
+		if (atomic_load(&fr->pins))
+			continue;
+		if (fl & F_REF) {
+			frame_clear(fr, F_REF);
+			continue;
+		}
+		if (evict_one(c, fid)) {
+			done++;
+			atomic_fetch_add(&c->st.evictions, 1);
+		}
+	}
+	return done;
+}
+
+uint32_t cache_frame_alloc(struct cache *c, bool wait)
+{
+	uint32_t fid;
+	unsigned rounds = 0;
+
+	pthread_mutex_lock(&c->map_lock);
+	for (;;) {
+		fid = frame_alloc_locked(&c->ft);
+		if (fid)
+			break;
+		if (cache_evict_locked(c, 32))
+			continue;
+		if (!wait)
+			break;
+		/* Everything is dirty, pinned or under I/O: let writeback
+		 * clean some, and wait for frames to come back. */
+		pthread_mutex_unlock(&c->map_lock);
+		cache_wb_kick(c);
+		pthread_mutex_lock(&c->map_lock);
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 10 * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&c->frames_freed, &c->map_lock, &ts);
+		rounds++;
+	}
+	pthread_mutex_unlock(&c->map_lock);
+	(void)rounds;
+	return fid;
+}
+
+void cache_frame_release(struct cache *c, uint32_t fid)
+{
+	if (!fid)
+		return;
+	pthread_mutex_lock(&c->map_lock);
+	free_frame_locked(c, fid);
+	pthread_mutex_unlock(&c->map_lock);
+}
+
+int cache_set_limit(struct cache *c, uint64_t bytes)
+{
+	uint32_t limit = pages_of(bytes) + FID_FIRST;
+	int ret = 0;
+
+	if (bytes < 16 * CACHE_PAGE_SIZE)
+		return -EINVAL;
+	pthread_mutex_lock(&c->map_lock);
+	if (limit > c->ft.capacity) {
+		ret = -ENOSPC;
+		goto out;
+	}
+	c->ft.limit = limit;
+	if (c->ft.used > limit)
+		cache_evict_locked(c, c->ft.used - limit);
+	c->cfg.size_bytes = bytes;
+out:
+	pthread_mutex_unlock(&c->map_lock);
+	return ret;
+}
+
+/* Frames by state; a pass over the frames ever used, under map_lock. */
+struct frame_census {
+	uint64_t dirty, volatile_, unshared;
+	struct cache_histogram h;
+};
+
+static unsigned hist_bucket(uint32_t mappers)
+{
+	unsigned b = 0;
+
+	if (mappers <= 1)
+		return 0;
+	while ((1u << b) < mappers)
+		b++;
+	return b < CACHE_HIST_BUCKETS ? b : CACHE_HIST_BUCKETS - 1;
+}
+
+static void census_locked(struct cache *c, struct frame_census *cs)
+{
+	memset(cs, 0, sizeof(*cs));
+	for (uint32_t fid = FID_FIRST; fid < c->ft.high; fid++) {
+		struct frame *fr = cache_frame(c, fid);
+		uint32_t fl = frame_flags(fr);
+		unsigned b;
+
+		if (fl & F_FREE || !fr->nmappers)
+			continue;
+		if (fl & F_DIRTY)
+			cs->dirty++;
+		if (fl & F_VOLATILE)
+			cs->volatile_++;
+		if (fr->nmappers == 1 && (fl & (F_STABLE | F_UNSTABLE)))
+			cs->unshared++;
+		b = hist_bucket(fr->nmappers);
+		cs->h.frames[b]++;
+		cs->h.mappings[b] += fr->nmappers;
+	}
+}
+
+void cache_get_histogram(struct cache *c, struct cache_histogram *h)
+{
+	struct frame_census cs;
+
+	pthread_mutex_lock(&c->map_lock);
+	census_locked(c, &cs);
+	pthread_mutex_unlock(&c->map_lock);
+	*h = cs.h;
+}
+
+static uint64_t files_meta_bytes(struct cache *c)
+{
+	uint64_t bytes = 0;
+
+	pthread_mutex_lock(&c->files_lock);
+	for (struct cfile *f = c->files_head.all_next; f != &c->files_head;
+	     f = f->all_next)
+		bytes += sizeof(*f) + f->pidx.bytes; /* racy read: a gauge */
+	pthread_mutex_unlock(&c->files_lock);
+	return bytes;
+}
+
+void cache_get_stats(struct cache *c, struct cache_stats *st)
+{
+	struct cstat_atomic *a = &c->st;
+	struct frame_census cs;
+
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&c->map_lock);
+	st->cache_bytes = (uint64_t)c->ft.used << CACHE_PAGE_SHIFT;
+	st->cache_limit_bytes = c->cfg.size_bytes;
+	st->metadata_bytes = (uint64_t)c->ft.high * sizeof(struct frame) +
+			     c->ft.rmap_bytes;
+	st->pages_shared = c->ft.nr_shared;
+	st->pages_sharing = c->ft.nr_sharing;
+	st->zero_maps = c->ft.nr_zero_maps;
+	st->rmap_bytes = c->ft.rmap_bytes;
+	census_locked(c, &cs);
+	pthread_mutex_unlock(&c->map_lock);
+	st->pages_unshared = cs.unshared;
+	st->pages_volatile = cs.volatile_;
+	st->metadata_bytes += files_meta_bytes(c);
+	st->frames_dirty = atomic_load(&c->nr_dirty);
+	st->files_cached = c->nr_files;
+	st->hits = atomic_load(&a->hits);
+	st->misses = atomic_load(&a->misses);
+	st->evictions = atomic_load(&a->evictions);
+	st->backing_read_bytes = atomic_load(&a->backing_read_bytes);
+	st->backing_write_bytes = atomic_load(&a->backing_write_bytes);
+	st->backing_reads = atomic_load(&a->backing_reads);
+	st->backing_writes = atomic_load(&a->backing_writes);
+	st->writeback_errors = atomic_load(&a->writeback_errors);
+	st->cow_breaks = atomic_load(&a->cow_breaks);
+	st->invalidations = atomic_load(&a->invalidations);
+}

@@ -1,0 +1,199 @@
+/*
+ * cache: the page cache that serves every file read and write of a mount.
+ *
+ * Owns the frames (frame.h), one page index per cached file (pidx.h), the
+ * backing I/O (bio.h), writeback and eviction. It knows nothing of FUSE: the
+ * front end turns requests into the calls below, and dedup/ plugs in through
+ * struct cache_share_ops to merge identical frames.
+ *
+ * Objects:
+ *   struct cache  one per mount; frames, budget, counters, threads.
+ *   struct cfile  one per backing inode that has been opened for I/O;
+ *                 reference counted (cfile_get/cfile_put); hard links share
+ *                 one cfile because the front end keys it by inode.
+ *
+ * Invariants:
+ *   - cfile->size is the file's size as the mount sees it; backing size may
+ *     lag behind while dirty pages are not yet written back.
+ *   - A page the cache holds is what a read returns; a page it does not hold
+ *     is read from the backing file (or is zero past the backing EOF).
+ *   - Data a caller wrote reaches the backing file on cache_fsync(), on
+ *     cache_flush_file() and within writeback_ms otherwise; cache_destroy()
+ *     writes everything back first.
+ *
+ * Locking (order, outermost first):
+ *   cfile->inval_lock (rw)  exclusive for truncate, punch, invalidation;
+ *                           shared for fills and writeback, so a page read
+ *                           from disk can never predate a truncate/punch.
+ *   cfile->pidx_lock (rw)   the file's page index and size.
+ *   cache->map_lock (mutex) frame mappers (rmap), the stable/physical
+ *                           tables of dedup/, the free list, the clock hand.
+ *   Read hits take only pidx_lock shared and pin the frame. Eviction holds
+ *   map_lock and only *tries* pidx locks, so it never inverts the order.
+ *   No thread waits for a free frame while it holds a pidx_lock.
+ *
+ * Errors: functions return 0 (or a byte count) or -errno. Backing I/O
+ * errors reach the caller as that errno; a writeback that fails keeps the
+ * page dirty and reports the error on the next fsync/flush of the file.
+ */
+#ifndef SAMEPAGE_CACHE_H
+#define SAMEPAGE_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#define CACHE_PAGE_SIZE 4096u
+#define CACHE_PAGE_SHIFT 12
+/* Largest request the front end hands us (FUSE max_pages = 256). */
+#define CACHE_MAX_IO_PAGES 256u
+
+struct cache;
+struct cfile;
+
+struct cache_config {
+	uint64_t size_bytes;       /* memory budget for frames */
+	unsigned writeback_ms;     /* dirty pages reach disk within this */
+	bool     readonly;         /* mount is read-only: never open for write */
+};
+
+/* Counters; all monotonic except the gauges marked (g). */
+struct cache_stats {
+	uint64_t cache_bytes;          /* (g) resident frame bytes */
+	uint64_t cache_limit_bytes;    /* (g) budget */
+	uint64_t metadata_bytes;       /* (g) frame table + page indexes + rmap */
+	uint64_t frames_dirty;         /* (g) */
+	uint64_t files_cached;         /* (g) */
+	uint64_t hits;                 /* pages served from a resident frame */
+	uint64_t misses;               /* pages that needed a fill */
+	uint64_t evictions;
+	uint64_t backing_read_bytes;
+	uint64_t backing_write_bytes;
+	uint64_t backing_reads;        /* I/O requests issued */
+	uint64_t backing_writes;
+	uint64_t writeback_errors;
+	uint64_t cow_breaks;
+	uint64_t invalidations;        /* pages dropped by truncate/punch/c2o */
+	uint64_t pages_shared;         /* (g) frames with more than one mapper */
+	uint64_t pages_sharing;        /* (g) mappings beyond the first */
+	uint64_t zero_maps;            /* (g) pages mapped to the zero frame */
+	uint64_t pages_unshared;       /* (g) one mapper, in a dedup tree */
+	uint64_t pages_volatile;       /* (g) written, not yet a candidate */
+	uint64_t rmap_bytes;           /* (g) mapper lists of shared frames */
+};
+
+int cache_create(const struct cache_config *cfg, struct cache **out);
+/* Writes back all dirty pages, stops threads, frees everything. Returns the
+ * first writeback error, if any (pages that could not be written are lost
+ * only then, and the caller logs it). */
+int cache_destroy(struct cache *c);
+void cache_get_stats(struct cache *c, struct cache_stats *st);
+int cache_set_limit(struct cache *c, uint64_t bytes);
+
+/*
+ * Open the cache object of a backing file. path_fd is an O_PATH (or any) fd
+ * of the backing inode; the cache opens its own I/O descriptors through
+ * /proc/self/fd. want_write asks for a writable descriptor (re-opened if an
+ * existing cfile only has a read-only one). On success *out holds a new
+ * reference.
+ */
+int cfile_open(struct cache *c, int path_fd, bool want_write,
+	       struct cfile **out);
+void cfile_get(struct cfile *f);
+/* Drops a reference; the last one writes back and frees the cfile. */
+void cfile_put(struct cfile *f);
+/* Close-to-open: compare the backing file's identity with the one recorded
+ * when the pages were cached; drop pages and adopt the new size if it
+ * changed (and nothing is dirty). Called by open. */
+int cfile_revalidate(struct cfile *f);
+/* The size as the mount sees it. */
+uint64_t cfile_size(struct cfile *f);
+/* Latest write time through the mount (ns since epoch, 0 if none): the
+ * front end reports max(backing mtime, this) as mtime. */
+int64_t cfile_mtime_ns(struct cfile *f);
+bool cfile_has_dirty(struct cfile *f);
+/* The file was unlinked and has no more names: dirty pages need not reach
+ * the disk any more. */
+void cfile_set_orphan(struct cfile *f, bool orphan);
+
+/*
+ * Reads return pinned frames so the reply can point into them. The context
+ * lives on the caller's stack or thread; no allocation per request.
+ */
+struct cache_read_ctx {
+	unsigned     niov;
+	size_t       bytes;
+	struct iovec iov[CACHE_MAX_IO_PAGES + 2];
+	uint32_t     fids[CACHE_MAX_IO_PAGES + 2]; /* pinned frames, 0 = none */
+	void        *bounce;   /* used only under memory pressure */
+};
+void cache_read_ctx_init(struct cache_read_ctx *rc);
+void cache_read_ctx_fini(struct cache_read_ctx *rc);
+/* Fill rc->iov with len bytes at off (short only at EOF). Call
+ * cache_read_release() after the reply, also on error. */
+int cache_read(struct cfile *f, uint64_t off, size_t len,
+	       struct cache_read_ctx *rc);
+void cache_read_release(struct cfile *f, struct cache_read_ctx *rc);
+/* Convenience for callers that want a copy (tests, copy_file_range). */
+ssize_t cache_pread(struct cfile *f, void *buf, size_t len, uint64_t off);
+
+/* Write len bytes at off; with append, at the end of file (*off_out says
+ * where). Returns bytes written or -errno. */
+ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
+		    uint64_t off, bool append, uint64_t *off_out);
+
+/* Set the size; drops pages past it and zeroes the tail of the last one;
+ * truncates the backing file. */
+int cache_truncate(struct cfile *f, uint64_t size);
+/* fallocate(2) on the file: mode as for fallocate. Writes back and drops
+ * the affected cached pages around the backing call. */
+int cache_fallocate(struct cfile *f, int mode, uint64_t off, uint64_t len);
+/* lseek SEEK_DATA / SEEK_HOLE after writing back dirty pages. */
+off_t cache_lseek(struct cfile *f, off_t off, int whence);
+
+/* Write back dirty pages of the file; with datasync=false/true also
+ * fsync/fdatasync the backing file. Returns a pending writeback error. */
+int cache_fsync(struct cfile *f, bool datasync);
+int cache_flush_file(struct cfile *f);
+/* Write back everything (syncfs, unmount). */
+int cache_sync_all(struct cache *c);
+
+/* Drop every cached page of the file (clean ones; dirty ones are written
+ * back first). */
+int cache_invalidate_file(struct cfile *f);
+
+/* The front end's object for this file (its inode), for reports. */
+void cfile_set_owner(struct cfile *f, void *owner);
+void *cfile_owner(struct cfile *f);
+
+/* Frames by number of mappers, like zdb -DD: bucket 0 holds frames with 1
+ * mapper, bucket b >= 1 those with 2^(b-1)+1 .. 2^b mappers. */
+#define CACHE_HIST_BUCKETS 24
+struct cache_histogram {
+	uint64_t frames[CACHE_HIST_BUCKETS];    /* resident frames */
+	uint64_t mappings[CACHE_HIST_BUCKETS];  /* pages that map them */
+};
+void cache_get_histogram(struct cache *c, struct cache_histogram *h);
+
+/* What a file shares: its resident pages, how many of them map a frame that
+ * other mappings use too, and per other file how many pages it shares with
+ * it (cb is called under map_lock: record, do not block). */
+struct cfile_share_summary {
+	uint64_t resident_pages;
+	uint64_t shared_pages;     /* frames with more than one mapper */
+	uint64_t zero_pages;       /* pages mapped to the zero frame */
+	uint64_t reflink_pages;    /* shared through a physical extent */
+	uint64_t dirty_pages;
+};
+typedef void (*cfile_sharer_cb)(void *arg, struct cfile *other,
+				uint64_t pages);
+int cfile_share_report(struct cfile *f, cfile_sharer_cb cb, void *arg,
+		       struct cfile_share_summary *out);
+
+/* Backing descriptor for metadata work (fstat, fallocate, clone); owned by
+ * the cfile, valid while the caller holds a reference. */
+int cfile_backing_fd(struct cfile *f);
+
+#endif

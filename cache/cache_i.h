@@ -1,0 +1,137 @@
+/*
+ * cache_i: the insides of struct cache and struct cfile, shared by the
+ * cache's own files and by dedup/ (which meets the cache at frames and
+ * mappers). The locking rules are those of cache.h and frame.h.
+ */
+#ifndef SAMEPAGE_CACHE_I_H
+#define SAMEPAGE_CACHE_I_H
+
+#include "cache.h"
+#include "frame.h"
+#include "pidx.h"
+
+#include <assert.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+
+#ifdef NDEBUG
+#define CACHE_BUG_ON(cond) ((void)0)
+#else
+#define CACHE_BUG_ON(cond) assert(!(cond))
+#endif
+
+struct cstat_atomic {
+	_Atomic uint64_t hits, misses, evictions, backing_read_bytes,
+		backing_write_bytes, backing_reads, backing_writes,
+		writeback_errors, cow_breaks, invalidations;
+};
+
+struct cfile_ident {
+	dev_t dev;
+	ino_t ino;
+	uint64_t size;
+	int64_t mtime_ns, ctime_ns;
+	uid_t uid;
+};
+
+struct cfile {
+	struct cache *cache;                /* immutable */
+	_Atomic int refs;
+	int path_fd;                        /* dup of the caller's fd */
+	int fd;                             /* I/O fd (inval_lock to swap) */
+	bool fd_direct;                     /* fd has O_DIRECT */
+	bool fd_writable;
+	int wfd;                            /* buffered fd for tail pages */
+	pthread_rwlock_t inval_lock;
+	pthread_rwlock_t pidx_lock;
+	pthread_mutex_t write_lock;         /* serialises writers of the file */
+	struct pidx pidx;                   /* pidx_lock */
+	uint64_t size;                      /* pidx_lock */
+	uint64_t backing_size;              /* pidx_lock; size on disk */
+	struct cfile_ident ident;           /* inval_lock */
+	_Atomic int64_t mtime_ns;           /* last write through the mount */
+	_Atomic int wb_err;                 /* pending writeback error */
+	_Atomic bool orphan;
+	void *owner;                        /* front end's object */
+	uint16_t scope;                     /* dedup scope tag */
+	/* dirty list, under cache->wb_lock */
+	struct cfile *wb_next, *wb_prev;
+	bool on_wb_list;
+	int64_t dirtied_ns;
+	/* all files, under cache->files_lock */
+	struct cfile *all_next, *all_prev;
+	/* reflink extent map, owned by dedup (under pidx_lock) */
+	void *extents;
+};
+
+struct cache {
+	struct cache_config cfg;
+	struct frame_table ft;              /* see frame.h for its locks */
+	pthread_mutex_t map_lock;
+	pthread_cond_t frames_freed;        /* with map_lock */
+	struct cache_share_ops share;       /* set once before use */
+	struct cstat_atomic st;
+	_Atomic uint64_t nr_dirty, nr_volatile;
+	/* writeback */
+	pthread_mutex_t wb_lock;
+	pthread_cond_t wb_cond;
+	struct cfile wb_head;               /* dirty files, oldest first */
+	bool wb_stop, wb_kick;
+	pthread_t wb_thread;
+	bool wb_started;
+	/* all files, for stats and sync */
+	pthread_mutex_t files_lock;
+	struct cfile files_head;
+	uint64_t nr_files;
+	int64_t meta_fixed;                 /* frame table bytes */
+};
+
+static inline void *cache_frame_data(struct cache *c, uint32_t fid)
+{
+	return frame_data_of(&c->ft, fid);
+}
+
+static inline struct frame *cache_frame(struct cache *c, uint32_t fid)
+{
+	return frame_of(&c->ft, fid);
+}
+
+void cache_set_share_ops(struct cache *c, const struct cache_share_ops *ops);
+
+/* Drop a pin; frees an ORPHAN frame whose last pin this was. */
+void cache_frame_unpin(struct cache *c, uint32_t fid);
+
+/* Allocate a frame; with wait, evicts and waits for writeback as needed
+ * (the caller must hold no pidx_lock). Returns 0 when none (only without
+ * wait, or -ENOSPC style failure after writeback errors). */
+uint32_t cache_frame_alloc(struct cache *c, bool wait);
+void cache_frame_release(struct cache *c, uint32_t fid);
+/* Evict up to n clean frames; map_lock held. Returns how many. */
+unsigned cache_evict_locked(struct cache *c, unsigned n);
+
+/* Remove the mapping (f, index) -> fid; pidx_lock (write) held, takes
+ * map_lock. */
+void cache_unmap_page(struct cache *c, struct cfile *f, uint64_t index,
+		      uint32_t fid);
+/* The same with map_lock already held. */
+void cache_unmap_page_locked(struct cache *c, struct cfile *f,
+			     uint64_t index, uint32_t fid);
+
+/* writeback.c */
+int cache_wb_start(struct cache *c);
+void cache_wb_stop(struct cache *c);
+void cache_wb_mark_dirty(struct cache *c, struct cfile *f);
+void cache_wb_kick(struct cache *c);
+/* Write back dirty pages of f; inval_lock held (shared or exclusive). */
+int cfile_writeback_locked(struct cfile *f);
+
+/* cfile.c */
+int cfile_stat_ident(struct cfile *f, struct cfile_ident *id);
+/* Drop all pages (dirty ones too: caller wrote them back or does not want
+ * them); inval_lock held exclusive. */
+void cfile_drop_pages_locked(struct cfile *f, uint64_t first, uint64_t end);
+
+int64_t cache_now_ns(void);
+
+#endif

@@ -1,0 +1,234 @@
+/* frame: frame table, states, per-frame waiting, mappers; see frame.h. */
+#include "frame.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define FREE_END UINT64_MAX
+
+int frame_table_init(struct frame_table *t, uint32_t limit, uint32_t capacity)
+{
+	size_t data_bytes = (size_t)capacity << 12;
+	size_t meta_bytes = (size_t)capacity * sizeof(struct frame);
+
+	memset(t, 0, sizeof(*t));
+	if (capacity < FID_FIRST + 1 || limit > capacity)
+		return -EINVAL;
+	/* Reserve address space only: frames are touched when first used. */
+	t->arena = mmap(NULL, data_bytes, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (t->arena == MAP_FAILED)
+		return -ENOMEM;
+	t->frames = mmap(NULL, meta_bytes, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (t->frames == MAP_FAILED) {
+		munmap(t->arena, data_bytes);
+		return -ENOMEM;
+	}
+	t->capacity = capacity;
+	t->limit = limit;
+	t->free_head = FREE_END;
+	t->high = FID_FIRST;
+	t->clock_hand = FID_FIRST;
+	/* The zero frame: never written, so it stays the kernel's zero page. */
+	atomic_store(&t->frames[FID_ZERO].flags, F_ZERO | F_UPTODATE | F_STABLE);
+	t->used = 1;
+	return 0;
+}
+
+void frame_table_fini(struct frame_table *t)
+{
+	if (t->arena)
+		munmap(t->arena, (size_t)t->capacity << 12);
+	if (t->frames)
+		munmap(t->frames, (size_t)t->capacity * sizeof(struct frame));
+	memset(t, 0, sizeof(*t));
+}
+
+uint32_t frame_alloc_locked(struct frame_table *t)
+{
+	uint32_t fid;
+	struct frame *fr;
+
+	if (t->used >= t->limit)
+		return FID_NONE;
+	if (t->free_head != FREE_END) {
+		fid = (uint32_t)t->free_head;
+		fr = &t->frames[fid];
+		t->free_head = fr->m.next_free;
+	} else if (t->high < t->capacity) {
+		fid = t->high++;
+		fr = &t->frames[fid];
+	} else {
+		return FID_NONE;
+	}
+	memset(fr, 0, sizeof(*fr));
+	t->used++;
+	return fid;
+}
+
+void frame_free_locked(struct frame_table *t, uint32_t fid)
+{
+	struct frame *fr = &t->frames[fid];
+
+	if (fid < FID_FIRST || (atomic_load(&fr->flags) & F_FREE))
+		abort(); /* double free or the zero frame: a bug, never data */
+	if (fr->nmappers > 1)
+		free(fr->m.rmap);
+	atomic_store(&fr->flags, F_FREE);
+	atomic_store(&fr->pins, 0);
+	fr->nmappers = 0;
+	fr->m.next_free = t->free_head;
+	t->free_head = fid;
+	t->used--;
+}
+
+static long futex(_Atomic uint32_t *addr, int op, uint32_t val)
+{
+	return syscall(SYS_futex, (uint32_t *)addr, op, val, NULL, NULL, 0);
+}
+
+void frame_wait_io(struct frame *fr)
+{
+	for (;;) {
+		uint32_t f = atomic_load(&fr->flags);
+
+		if (!(f & F_IO))
+			return;
+		if (!(f & F_WAITERS) &&
+		    !atomic_compare_exchange_weak(&fr->flags, &f,
+						  f | F_WAITERS))
+			continue;
+		futex(&fr->flags, FUTEX_WAIT_PRIVATE, f | F_WAITERS);
+	}
+}
+
+void frame_end_io(struct frame *fr, bool ok)
+{
+	uint32_t old, new;
+
+	old = atomic_load(&fr->flags);
+	do {
+		new = old & ~(F_IO | F_WAITERS);
+		new |= ok ? F_UPTODATE : F_ERROR;
+	} while (!atomic_compare_exchange_weak(&fr->flags, &old, new));
+	if (old & F_WAITERS)
+		futex(&fr->flags, FUTEX_WAKE_PRIVATE, INT_MAX);
+}
+
+static size_t rmap_size(uint32_t cap)
+{
+	return sizeof(struct rmap) + cap * sizeof(struct mapping);
+}
+
+int frame_add_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
+		     uint64_t index)
+{
+	struct frame *fr = &t->frames[fid];
+	struct rmap *r;
+
+	if (fid == FID_ZERO) {
+		t->nr_zero_maps++;
+		return 0;
+	}
+	switch (fr->nmappers) {
+	case 0:
+		fr->m.owner.file = f;
+		fr->m.owner.index = index;
+		frame_clear(fr, F_ORPHAN);
+		break;
+	case 1:
+		r = malloc(rmap_size(4));
+		if (!r)
+			return -ENOMEM;
+		r->n = 2;
+		r->cap = 4;
+		r->m[0] = fr->m.owner;
+		r->m[1] = (struct mapping){ f, index };
+		fr->m.rmap = r;
+		t->rmap_bytes += rmap_size(4);
+		t->nr_shared++;
+		t->nr_sharing++;
+		break;
+	default:
+		r = fr->m.rmap;
+		if (r->n == r->cap) {
+			struct rmap *nr = realloc(r, rmap_size(r->cap * 2));
+
+			if (!nr)
+				return -ENOMEM;
+			t->rmap_bytes += rmap_size(nr->cap * 2) -
+					 rmap_size(nr->cap);
+			nr->cap *= 2;
+			r = nr;
+			fr->m.rmap = r;
+		}
+		r->m[r->n++] = (struct mapping){ f, index };
+		t->nr_sharing++;
+		break;
+	}
+	fr->nmappers++;
+	return 0;
+}
+
+bool frame_del_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
+		      uint64_t index)
+{
+	struct frame *fr = &t->frames[fid];
+	struct rmap *r;
+
+	if (fid == FID_ZERO) {
+		t->nr_zero_maps--;
+		return false;
+	}
+	if (fr->nmappers == 0)
+		abort();
+	if (fr->nmappers == 1) {
+		if (fr->m.owner.file != f || fr->m.owner.index != index)
+			abort();
+		fr->nmappers = 0;
+		fr->m.owner.file = NULL;
+		frame_set(fr, F_ORPHAN);
+		return true;
+	}
+	r = fr->m.rmap;
+	for (uint32_t i = 0; i < r->n; i++) {
+		if (r->m[i].file == f && r->m[i].index == index) {
+			r->m[i] = r->m[--r->n];
+			break;
+		}
+	}
+	fr->nmappers--;
+	t->nr_sharing--;
+	if (fr->nmappers == 1) {
+		struct mapping last = r->m[0];
+
+		t->rmap_bytes -= rmap_size(r->cap);
+		free(r);
+		fr->m.owner = last;
+		t->nr_shared--;
+	}
+	return false;
+}
+
+unsigned frame_mappers(struct frame_table *t, uint32_t fid,
+		       struct mapping *out, unsigned max)
+{
+	struct frame *fr = &t->frames[fid];
+	unsigned n = 0;
+
+	if (fr->nmappers == 1 && max) {
+		out[0] = fr->m.owner;
+		n = 1;
+	} else if (fr->nmappers > 1) {
+		for (uint32_t i = 0; i < fr->m.rmap->n && n < max; i++)
+			out[n++] = fr->m.rmap->m[i];
+	}
+	return n;
+}

@@ -1,0 +1,181 @@
+/*
+ * frame: the 4 KiB page frames of the cache, their states and mappers.
+ *
+ * Owns one arena of frame data (a virtual reservation; a frame's memory is
+ * touched only when it is first used) and the array of struct frame. Frame
+ * ids are indexes; 0 means none, FID_ZERO is the permanent zero frame.
+ *
+ * Per-frame metadata is kept small (56 bytes, 1.4% of a page): the common
+ * frame with one mapper holds its owner (file, page) inline; a list is
+ * allocated only when it is shared (struct rmap).
+ *
+ * States (flags, atomic, also the futex word for per-frame waiting):
+ *   FREE      on the free list.
+ *   IO        being filled; content not valid yet. Waiters sleep on it.
+ *   UPTODATE  content valid.
+ *   DIRTY     newer than the backing file (the owner's pidx tags it too).
+ *   WB        being written back (pinned meanwhile).
+ *   VOLATILE  written through the mount since it was last in the trees.
+ *   STABLE    in dedup's stable tree: content immutable while set.
+ *   ZERO      the zero frame: immutable, never evicted, no rmap.
+ *   ORPHAN    no mapper left; freed when the last pin goes.
+ *   REF       referenced since the clock hand last passed.
+ *   ERROR     the fill failed.
+ *
+ * Locking:
+ *   flags     atomic bit operations; IO/UPTODATE/ERROR change only by the
+ *             filler, DIRTY/VOLATILE/WB under the owner's pidx_lock (write).
+ *   pins      atomic; taken under the owner's pidx_lock or map_lock.
+ *   nmappers, owner/rmap, fp, phys, scan fields: cache->map_lock.
+ *   The content of a frame that is not STABLE and has one mapper is
+ *   changed only by the holder of that mapper's pidx_lock (write side).
+ */
+#ifndef SAMEPAGE_FRAME_H
+#define SAMEPAGE_FRAME_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct cache;
+struct cfile;
+
+#define FID_NONE 0u
+#define FID_ZERO 1u
+#define FID_FIRST 2u
+
+enum {
+	F_FREE = 1u << 0,
+	F_IO = 1u << 1,
+	F_UPTODATE = 1u << 2,
+	F_DIRTY = 1u << 3,
+	F_WB = 1u << 4,
+	F_VOLATILE = 1u << 5,
+	F_STABLE = 1u << 6,
+	F_ZERO = 1u << 7,
+	F_ORPHAN = 1u << 8,
+	F_REF = 1u << 9,
+	F_ERROR = 1u << 10,
+	F_WAITERS = 1u << 11,
+	F_HASHED = 1u << 12,   /* fp holds the scanner's last checksum */
+	F_UNSTABLE = 1u << 13, /* in the scanner's unstable table */
+	F_PHYS = 1u << 14,     /* phys names a shared extent block */
+};
+
+struct mapping {
+	struct cfile *file;
+	uint64_t index;
+};
+
+struct rmap {
+	uint32_t n, cap;
+	struct mapping m[];
+};
+
+struct frame {
+	_Atomic uint32_t flags;
+	_Atomic uint32_t pins;
+	uint32_t nmappers;          /* map_lock */
+	uint8_t scan_skip;          /* smart scan: passes left to skip */
+	uint8_t scan_fails;         /* smart scan: consecutive failures */
+	uint16_t scope;             /* dedup scope tag (owner uid bucket) */
+	union {                     /* map_lock */
+		struct mapping owner;   /* nmappers == 1 */
+		struct rmap *rmap;      /* nmappers > 1 */
+		uint64_t next_free;     /* FREE */
+	} m;
+	uint64_t fp[2];             /* fingerprint (STABLE) or checksum */
+	uint64_t phys;              /* physical address + 1 (PHYS) */
+};
+
+/* Callbacks through which dedup/ takes part without the cache knowing it.
+ * All run with map_lock held unless said otherwise. */
+struct cache_share_ops {
+	void *ctx;
+	/* Hash a freshly filled frame; no lock held, frame owned by caller. */
+	void (*hash_fill)(void *ctx, struct frame *fr, const void *data);
+	/* Fresh frame fid is mapped at (f, index); merge it if an identical
+	 * frame is resident. f's pidx_lock is held for writing. Returns the
+	 * fid now mapped there (fid itself if not merged). */
+	uint32_t (*merge_fill)(void *ctx, struct cfile *f, uint64_t index,
+			       uint32_t fid);
+	/* A STABLE/UNSTABLE/PHYS frame is about to change or be freed: take it
+	 * out of dedup's tables. */
+	void (*forget)(void *ctx, uint32_t fid);
+	/* Before a fill: a resident frame with the same physical block as
+	 * (f, index)? Returns fid or 0. f's pidx_lock held for writing. */
+	uint32_t (*lookup_phys)(void *ctx, struct cfile *f, uint64_t index);
+};
+
+struct frame_table {
+	struct frame *frames;
+	unsigned char *arena;
+	uint32_t capacity;          /* frames reserved (ids < capacity) */
+	uint32_t limit;             /* budget in frames (map_lock) */
+	uint32_t used;              /* allocated, incl. zero frame (map_lock) */
+	uint32_t high;              /* ids >= high never used (map_lock) */
+	uint64_t free_head;         /* map_lock */
+	uint32_t clock_hand;        /* map_lock */
+	/* gauges under map_lock */
+	uint64_t nr_shared, nr_sharing, nr_zero_maps, rmap_bytes;
+};
+
+static inline void *frame_data_of(const struct frame_table *t, uint32_t fid)
+{
+	return t->arena + ((size_t)fid << 12);
+}
+
+static inline struct frame *frame_of(const struct frame_table *t,
+				     uint32_t fid)
+{
+	return &t->frames[fid];
+}
+
+static inline uint32_t frame_flags(struct frame *fr)
+{
+	return atomic_load_explicit(&fr->flags, memory_order_acquire);
+}
+
+static inline void frame_set(struct frame *fr, uint32_t bits)
+{
+	atomic_fetch_or(&fr->flags, bits);
+}
+
+static inline void frame_clear(struct frame *fr, uint32_t bits)
+{
+	atomic_fetch_and(&fr->flags, ~bits);
+}
+
+static inline void frame_pin(struct frame *fr)
+{
+	atomic_fetch_add(&fr->pins, 1);
+}
+
+int frame_table_init(struct frame_table *t, uint32_t limit,
+		     uint32_t capacity);
+void frame_table_fini(struct frame_table *t);
+
+/* Allocation and freeing; map_lock held. A new frame has no mapper, no
+ * pin, flags 0. */
+uint32_t frame_alloc_locked(struct frame_table *t);
+void frame_free_locked(struct frame_table *t, uint32_t fid);
+
+/* Wait until IO is clear. */
+void frame_wait_io(struct frame *fr);
+/* End a fill: clear IO, set UPTODATE or ERROR, wake waiters. */
+void frame_end_io(struct frame *fr, bool ok);
+
+/* Mapper bookkeeping; map_lock held. Adding may allocate (-ENOMEM). */
+int frame_add_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
+		     uint64_t index);
+/* Returns true if the frame lost its last mapper (it is then ORPHAN and,
+ * if unpinned, freed). */
+bool frame_del_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
+		      uint64_t index);
+/* Visit each mapper; map_lock held. */
+unsigned frame_mappers(struct frame_table *t, uint32_t fid,
+		       struct mapping *out, unsigned max);
+
+#endif

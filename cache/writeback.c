@@ -1,0 +1,373 @@
+/*
+ * writeback: dirty pages back to their own backing files.
+ *
+ * A file with dirty pages is on the cache's dirty list (oldest first,
+ * holding a reference). The writeback thread writes back every file whose
+ * first dirty page is older than writeback_ms, and everything when kicked
+ * (memory pressure). fsync, flush and release write back one file at once.
+ *
+ * A page is written from the frame itself (O_DIRECT, pinned, WB set); its
+ * DIRTY bit is cleared before the write is issued, so a write through the
+ * mount meanwhile dirties it again and it is written once more. A failed
+ * write leaves the page dirty and records the error for the next
+ * fsync/flush of the file.
+ */
+#include "cache_i.h"
+#include "bio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WB_BATCH 256u
+#define PG CACHE_PAGE_SIZE
+
+/* A buffered descriptor for the partial last page: O_DIRECT writes whole
+ * pages only, and the file must not grow past its size. */
+static int tail_fd(struct cfile *f)
+{
+	char p[64];
+
+	if (!f->fd_direct)
+		return f->fd;
+	if (f->wfd < 0) {
+		snprintf(p, sizeof(p), "/proc/self/fd/%d", f->path_fd);
+		f->wfd = open(p, O_WRONLY | O_CLOEXEC);
+	}
+	return f->wfd < 0 ? -errno : f->wfd;
+}
+
+static void redirty(struct cfile *f, uint64_t index, uint32_t fid)
+{
+	struct cache *c = f->cache;
+	struct frame *fr = cache_frame(c, fid);
+
+	pthread_rwlock_wrlock(&f->pidx_lock);
+	if (pidx_lookup(&f->pidx, index) == fid &&
+	    !(frame_flags(fr) & F_DIRTY)) {
+		frame_set(fr, F_DIRTY);
+		pidx_tag_set(&f->pidx, index);
+		atomic_fetch_add(&c->nr_dirty, 1);
+	}
+	pthread_rwlock_unlock(&f->pidx_lock);
+}
+
+/* Take up to WB_BATCH dirty pages from start on; returns how many. */
+static unsigned grab_dirty(struct cfile *f, uint64_t start, uint64_t *idx,
+			   uint32_t *fid, uint64_t *size)
+{
+	struct cache *c = f->cache;
+	unsigned n;
+
+	pthread_rwlock_wrlock(&f->pidx_lock);
+	n = pidx_gang(&f->pidx, start, UINT64_MAX, true, idx, fid, WB_BATCH);
+	*size = f->size;
+	for (unsigned i = 0; i < n; i++) {
+		struct frame *fr = cache_frame(c, fid[i]);
+
+		frame_pin(fr);
+		frame_set(fr, F_WB);
+		frame_clear(fr, F_DIRTY);
+		pidx_tag_clear(&f->pidx, idx[i]);
+		atomic_fetch_sub(&c->nr_dirty, 1);
+	}
+	pthread_rwlock_unlock(&f->pidx_lock);
+	return n;
+}
+
+static unsigned build_requests(struct cfile *f, const uint64_t *idx,
+			       const uint32_t *fid, unsigned n, uint64_t size,
+			       struct iovec *iov, struct bio_req *req,
+			       int *err)
+{
+	struct cache *c = f->cache;
+	unsigned nreq = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t off = idx[i] << CACHE_PAGE_SHIFT;
+		size_t len = PG;
+		int fd = f->fd;
+
+		if (off >= size)
+			continue; /* truncated meanwhile */
+		if (size - off < PG) {
+			len = (size_t)(size - off);
+			fd = tail_fd(f);
+			if (fd < 0) {
+				*err = fd;
+				continue;
+			}
+		}
+		iov[i].iov_base = cache_frame_data(c, fid[i]);
+		iov[i].iov_len = len;
+		if (nreq && len == PG && req[nreq - 1].fd == fd &&
+		    req[nreq - 1].iov + req[nreq - 1].niov == &iov[i] &&
+		    req[nreq - 1].off + (uint64_t)req[nreq - 1].niov * PG == off) {
+			req[nreq - 1].niov++;
+			continue;
+		}
+		req[nreq++] = (struct bio_req){ .fd = fd, .write = true,
+						.off = off, .iov = &iov[i],
+						.niov = 1 };
+	}
+	return nreq;
+}
+
+int cfile_writeback_locked(struct cfile *f)
+{
+	struct cache *c = f->cache;
+	uint64_t idx[WB_BATCH];
+	uint32_t fid[WB_BATCH];
+	struct iovec iov[WB_BATCH];
+	struct bio_req req[WB_BATCH];
+	uint64_t start = 0, size = 0, written_end = 0;
+	bool wrote = false;
+	int err = 0;
+	unsigned n;
+
+	while ((n = grab_dirty(f, start, idx, fid, &size))) {
+		unsigned nreq;
+		int ret = 0;
+
+		memset(iov, 0, sizeof(iov[0]) * n);
+		nreq = build_requests(f, idx, fid, n, size, iov, req, &ret);
+		if (nreq)
+			ret = bio_run(req, nreq) ?: ret;
+		for (unsigned r = 0; r < nreq; r++) {
+			unsigned first = (unsigned)(req[r].iov - iov);
+			ssize_t res = req[r].res;
+
+			if (res < 0 || ret < 0) {
+				for (unsigned k = 0; k < req[r].niov; k++)
+					redirty(f, idx[first + k],
+						fid[first + k]);
+				if (!err)
+					err = res < 0 ? (int)res : ret;
+				atomic_fetch_add(&c->st.writeback_errors, 1);
+				continue;
+			}
+			wrote = true;
+			atomic_fetch_add(&c->st.backing_write_bytes,
+					 (uint64_t)res);
+			if (req[r].off + (uint64_t)res > written_end)
+				written_end = req[r].off + (uint64_t)res;
+		}
+		atomic_fetch_add(&c->st.backing_writes, nreq);
+		for (unsigned i = 0; i < n; i++) {
+			frame_clear(cache_frame(c, fid[i]), F_WB);
+			cache_frame_unpin(c, fid[i]);
+		}
+		start = idx[n - 1] + 1;
+	}
+
+	pthread_rwlock_wrlock(&f->pidx_lock);
+	if (written_end > f->backing_size)
+		f->backing_size = written_end;
+	/* Extended by truncate or a write past a hole: size it on disk. */
+	if (!err && f->backing_size < f->size) {
+		if (ftruncate(f->fd, (off_t)f->size) == 0) {
+			f->backing_size = f->size;
+			wrote = true;
+		} else {
+			err = -errno;
+		}
+	}
+	if (wrote)
+		cfile_stat_ident(f, &f->ident);
+	pthread_rwlock_unlock(&f->pidx_lock);
+	if (err)
+		atomic_store(&f->wb_err, err);
+	return err;
+}
+
+void cache_wb_mark_dirty(struct cache *c, struct cfile *f)
+{
+	pthread_mutex_lock(&c->wb_lock);
+	if (!f->on_wb_list) {
+		cfile_get(f);
+		f->on_wb_list = true;
+		f->dirtied_ns = cache_now_ns();
+		f->wb_prev = c->wb_head.wb_prev;
+		f->wb_next = &c->wb_head;
+		c->wb_head.wb_prev->wb_next = f;
+		c->wb_head.wb_prev = f;
+	}
+	pthread_mutex_unlock(&c->wb_lock);
+}
+
+static void wb_list_del(struct cfile *f)
+{
+	f->wb_prev->wb_next = f->wb_next;
+	f->wb_next->wb_prev = f->wb_prev;
+	f->on_wb_list = false;
+}
+
+void cache_wb_kick(struct cache *c)
+{
+	pthread_mutex_lock(&c->wb_lock);
+	c->wb_kick = true;
+	pthread_cond_signal(&c->wb_cond);
+	pthread_mutex_unlock(&c->wb_lock);
+}
+
+#define WB_GRAB 64
+
+static void *wb_main(void *arg)
+{
+	struct cache *c = arg;
+	uint64_t period_ms = c->cfg.writeback_ms / 5;
+
+	pthread_setname_np(pthread_self(), "sp-writeback");
+	if (period_ms < 20)
+		period_ms = 20;
+	if (period_ms > 1000)
+		period_ms = 1000;
+	pthread_mutex_lock(&c->wb_lock);
+	while (!c->wb_stop) {
+		struct cfile *todo[WB_GRAB];
+		unsigned n = 0;
+		int64_t now, age = (int64_t)c->cfg.writeback_ms * 1000000;
+		bool all;
+
+		if (!c->wb_kick) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += period_ms / 1000;
+			ts.tv_nsec += (long)(period_ms % 1000) * 1000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&c->wb_cond, &c->wb_lock, &ts);
+		}
+		all = c->wb_kick;
+		c->wb_kick = false;
+		now = cache_now_ns();
+		while (n < WB_GRAB && c->wb_head.wb_next != &c->wb_head) {
+			struct cfile *f = c->wb_head.wb_next;
+
+			if (!all && now - f->dirtied_ns < age)
+				break;
+			wb_list_del(f);
+			todo[n++] = f; /* the list's reference moves here */
+		}
+		pthread_mutex_unlock(&c->wb_lock);
+		for (unsigned i = 0; i < n; i++) {
+			struct cfile *f = todo[i];
+			int ret;
+
+			pthread_rwlock_rdlock(&f->inval_lock);
+			ret = cfile_writeback_locked(f);
+			pthread_rwlock_unlock(&f->inval_lock);
+			if (ret || cfile_has_dirty(f))
+				cache_wb_mark_dirty(c, f);
+			cfile_put(f);
+		}
+		pthread_mutex_lock(&c->wb_lock);
+		if (n == WB_GRAB)
+			c->wb_kick = c->wb_kick || all;
+	}
+	pthread_mutex_unlock(&c->wb_lock);
+	return NULL;
+}
+
+int cache_wb_start(struct cache *c)
+{
+	int ret = pthread_create(&c->wb_thread, NULL, wb_main, c);
+
+	if (ret)
+		return -ret;
+	c->wb_started = true;
+	return 0;
+}
+
+void cache_wb_stop(struct cache *c)
+{
+	if (!c->wb_started)
+		return;
+	pthread_mutex_lock(&c->wb_lock);
+	c->wb_stop = true;
+	pthread_cond_signal(&c->wb_cond);
+	pthread_mutex_unlock(&c->wb_lock);
+	pthread_join(c->wb_thread, NULL);
+	c->wb_started = false;
+	/* Files still listed are written back by cache_sync_all; drop the
+	 * list's references once that is done (cache_destroy). */
+}
+
+static void wb_list_drain(struct cache *c)
+{
+	pthread_mutex_lock(&c->wb_lock);
+	while (c->wb_head.wb_next != &c->wb_head) {
+		struct cfile *f = c->wb_head.wb_next;
+
+		wb_list_del(f);
+		pthread_mutex_unlock(&c->wb_lock);
+		cfile_put(f);
+		pthread_mutex_lock(&c->wb_lock);
+	}
+	pthread_mutex_unlock(&c->wb_lock);
+}
+
+int cache_fsync(struct cfile *f, bool datasync)
+{
+	int ret, pending;
+
+	pthread_rwlock_rdlock(&f->inval_lock);
+	ret = cfile_writeback_locked(f);
+	pthread_rwlock_unlock(&f->inval_lock);
+	pending = atomic_exchange(&f->wb_err, 0);
+	if (ret)
+		return ret;
+	if ((datasync ? fdatasync(f->fd) : fsync(f->fd)) < 0)
+		return -errno;
+	return pending;
+}
+
+int cache_flush_file(struct cfile *f)
+{
+	int ret, pending;
+
+	pthread_rwlock_rdlock(&f->inval_lock);
+	ret = cfile_writeback_locked(f);
+	pthread_rwlock_unlock(&f->inval_lock);
+	pending = atomic_exchange(&f->wb_err, 0);
+	return ret ? ret : pending;
+}
+
+int cache_sync_all(struct cache *c)
+{
+	struct cfile **all;
+	size_t n = 0, cap;
+	int err = 0;
+
+	pthread_mutex_lock(&c->files_lock);
+	cap = c->nr_files;
+	all = calloc(cap ? cap : 1, sizeof(*all));
+	if (!all) {
+		pthread_mutex_unlock(&c->files_lock);
+		return -ENOMEM;
+	}
+	for (struct cfile *f = c->files_head.all_next;
+	     f != &c->files_head && n < cap; f = f->all_next) {
+		cfile_get(f);
+		all[n++] = f;
+	}
+	pthread_mutex_unlock(&c->files_lock);
+	for (size_t i = 0; i < n; i++) {
+		int ret = cache_fsync(all[i], true);
+
+		if (ret && !err)
+			err = ret;
+		cfile_put(all[i]);
+	}
+	free(all);
+	if (!c->wb_started)
+		wb_list_drain(c);
+	return err;
+}

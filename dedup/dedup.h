@@ -1,0 +1,79 @@
+/*
+ * dedup: one copy of each distinct page content in the cache.
+ *
+ * Owns the fingerprints (XXH3-128), the stable tree (resident clean frames
+ * keyed by fingerprint; content immutable while in it), the unstable tree
+ * of the scanner, the zero frame, the physical-extent table of reflinked
+ * pages and the scanner thread. Plugs into the cache through
+ * struct cache_share_ops (frame.h), so the cache never includes this.
+ *
+ * Invariants:
+ *   - Two mappings share a frame only after memcmp() confirmed equal
+ *     content while both frames were resident.
+ *   - A frame in the stable tree is never written: a writer gets a private
+ *     copy (COW break) or, if it is the only mapper, takes it out first.
+ *   - A frame mapped by more than max_page_sharing mappers is not merged
+ *     into further; an identical frame starts a new chain entry.
+ *
+ * Locking: the stable, unstable and physical tables are protected by
+ * cache->map_lock (see cache.h). The scanner takes a file's pidx_lock
+ * before map_lock, like every other path.
+ */
+#ifndef SAMEPAGE_DEDUP_H
+#define SAMEPAGE_DEDUP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct cache;
+struct dedup;
+
+enum dedup_scope {
+	DEDUP_SCOPE_GLOBAL,         /* any two files may share a frame */
+	DEDUP_SCOPE_UID,            /* only files of the same owner */
+	DEDUP_SCOPE_NONE,           /* no merging at all */
+};
+
+struct dedup_config {
+	enum dedup_scope scope;
+	bool     run;               /* scanner running */
+	unsigned pages_to_scan;     /* per batch */
+	unsigned sleep_millisecs;   /* between batches */
+	unsigned max_page_sharing;  /* mappers per frame at most */
+	bool     use_zero_pages;    /* merge zero pages into one frame */
+	bool     smart_scan;        /* skip pages that keep failing to merge */
+};
+void dedup_config_defaults(struct dedup_config *cfg);
+
+struct dedup_stats {
+	uint64_t pages_shared;      /* frames mapped more than once */
+	uint64_t pages_sharing;     /* mappings beyond the first: the saving */
+	uint64_t pages_unshared;    /* clean frames in the trees, one mapper */
+	uint64_t pages_volatile;    /* written frames out of the trees */
+	uint64_t full_scans;
+	uint64_t content_merges;
+	uint64_t reflink_merges;
+	uint64_t zero_pages;        /* mappings of the zero frame */
+	uint64_t hashes_computed;
+	uint64_t stable_chains;     /* extra frames made by max_page_sharing */
+	uint64_t metadata_bytes;    /* the trees (add the cache's own) */
+	int64_t  general_profit;    /* bytes saved minus dedup metadata */
+};
+
+int dedup_create(struct cache *c, const struct dedup_config *cfg,
+		 struct dedup **out);
+void dedup_destroy(struct dedup *d);
+void dedup_get_stats(struct dedup *d, struct dedup_stats *st);
+/* Run-time knobs by name (run, pages_to_scan, sleep_millisecs,
+ * max_page_sharing, use_zero_pages, smart_scan). -EINVAL for an unknown
+ * key or a bad value. */
+int dedup_set_knob(struct dedup *d, const char *key, const char *value);
+/* Writes "key value\n" lines of all knobs into buf; returns the length or
+ * -ERANGE if buf is too small. */
+int dedup_format_knobs(struct dedup *d, char *buf, size_t len);
+/* Start a full scan and wait until it finishes (or return at once if
+ * wait is false). */
+int dedup_scan_now(struct dedup *d, bool wait);
+
+#endif

@@ -1,0 +1,55 @@
+/*
+ * dedup_i: the insides of struct dedup, shared by dedup.c (merge on fill,
+ * forget, knobs, stats) and scan.c (the scanner thread). Tables are under
+ * cache->map_lock; knobs are atomics read without a lock.
+ */
+#ifndef SAMEPAGE_DEDUP_I_H
+#define SAMEPAGE_DEDUP_I_H
+
+#include "dedup.h"
+#include "fp.h"
+#include "stree.h"
+
+#include "cache_i.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+struct dedup {
+	struct cache *c;
+	enum dedup_scope scope;             /* immutable */
+	_Atomic bool run, use_zero_pages, smart_scan;
+	_Atomic unsigned pages_to_scan, sleep_millisecs, max_page_sharing;
+	struct stree stable;                /* map_lock */
+	struct stree unstable;              /* map_lock */
+	struct stree phys;                  /* map_lock */
+	_Atomic uint64_t content_merges, reflink_merges, hashes_computed,
+		full_scans, stable_chains;
+	/* scanner */
+	pthread_t thread;
+	bool thread_started;
+	pthread_mutex_t scan_lock;
+	pthread_cond_t scan_cond;           /* knob change, forced scan */
+	pthread_cond_t scan_done;           /* a full scan ended */
+	bool stop;                          /* scan_lock */
+	uint64_t forced_until;              /* scan_lock: run until full_scans */
+	uint32_t cursor;                    /* scanner thread only */
+};
+
+/* Scope tag of the pages of f (0 for the global scope). */
+uint16_t dedup_scope_of(struct dedup *d, struct cfile *f);
+/* Try to merge frame fid mapped once at (f, index) into an identical
+ * frame: the zero frame or a stable one. f's pidx_lock (write) and
+ * map_lock held. Returns the frame now mapped there, or 0 if none. */
+uint32_t dedup_merge_stable(struct dedup *d, struct cfile *f, uint64_t index,
+			    uint32_t fid);
+/* Move mapping (f, index) from fid to target (already confirmed equal). */
+int dedup_remap(struct dedup *d, struct cfile *f, uint64_t index,
+		uint32_t fid, uint32_t target);
+/* Make fid a stable frame (one mapper). map_lock held. */
+void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope);
+
+int dedup_scan_start(struct dedup *d);
+void dedup_scan_stop(struct dedup *d);
+
+#endif

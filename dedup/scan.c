@@ -1,0 +1,247 @@
+/*
+ * scan: the scanner thread, like ksmd.
+ *
+ * Walks the frames in batches of pages_to_scan, sleeping sleep_millisecs
+ * between batches. A frame written through the mount (one mapper, not in
+ * the stable tree) is hashed at each visit; once its checksum is unchanged
+ * since the previous visit and it is clean, it is a candidate: merged into
+ * an identical stable frame, or with an identical candidate of the
+ * unstable tree (both then become one stable frame), or else put into the
+ * unstable tree, which is emptied at the end of every full scan.
+ *
+ * Smart scan: a candidate that found no partner is skipped for 1, 2, 4 ...
+ * (at most 16) further passes, as KSM does.
+ *
+ * Locking: map_lock for a batch step; a file's pidx_lock is only *tried*
+ * under it (the normal order is pidx_lock before map_lock).
+ */
+#include "dedup_i.h"
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#define PG CACHE_PAGE_SIZE
+#define SKIP_MAX 16
+
+static void note_failure(struct dedup *d, struct frame *fr)
+{
+	if (!atomic_load(&d->smart_scan))
+		return;
+	if (fr->scan_fails < 5)
+		fr->scan_fails++;
+	fr->scan_skip = (uint8_t)(1u << (fr->scan_fails - 1));
+	if (fr->scan_skip > SKIP_MAX)
+		fr->scan_skip = SKIP_MAX;
+}
+
+/* Merge candidate fid at (f, index) with an unstable partner; both owners'
+ * pidx locks are held by the caller (f's) or tried here. */
+static bool merge_unstable(struct dedup *d, struct cfile *f, uint64_t index,
+			   uint32_t fid)
+{
+	struct cache *c = d->c;
+	struct frame *fr = cache_frame(c, fid);
+	uint16_t scope = dedup_scope_of(d, f);
+	uint32_t cand, pos = 0;
+
+	while ((cand = stree_next(&d->unstable, fr->fp[0], &pos))) {
+		struct frame *cf = cache_frame(c, cand);
+		uint32_t cfl = frame_flags(cf);
+		struct cfile *g;
+		bool ok;
+
+		if (cand == fid || cf->fp[1] != fr->fp[1] || cf->nmappers != 1 ||
+		    (cfl & (F_DIRTY | F_IO | F_WB | F_FREE | F_STABLE)))
+			continue;
+		g = cf->m.owner.file;
+		if (dedup_scope_of(d, g) != scope)
+			continue;
+		/* The partner's content may be changed only by its owner:
+		 * hold its index while we compare and promote it. */
+		if (g != f && pthread_rwlock_trywrlock(&g->pidx_lock))
+			continue;
+		ok = !memcmp(cache_frame_data(c, cand),
+			     cache_frame_data(c, fid), PG) &&
+		     !(frame_flags(cf) & F_DIRTY);
+		if (ok) {
+			dedup_make_stable(d, cand, scope);
+			ok = (frame_flags(cf) & F_STABLE) &&
+			     !dedup_remap(d, f, index, fid, cand);
+		}
+		if (g != f)
+			pthread_rwlock_unlock(&g->pidx_lock);
+		if (ok) {
+			atomic_fetch_add(&d->content_merges, 1);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Visit one frame; map_lock held. */
+static void scan_one(struct dedup *d, uint32_t fid)
+{
+	struct cache *c = d->c;
+	struct frame *fr = cache_frame(c, fid);
+	uint32_t fl = frame_flags(fr);
+	struct cfile *f;
+	uint64_t index;
+	struct fp h;
+
+	if (fl & (F_FREE | F_ZERO | F_IO | F_DIRTY | F_WB | F_STABLE) ||
+	    !(fl & F_UPTODATE) || fr->nmappers != 1)
+		return;
+	if (fr->scan_skip && atomic_load(&d->smart_scan)) {
+		fr->scan_skip--;
+		return;
+	}
+	f = fr->m.owner.file;
+	index = fr->m.owner.index;
+	if (pthread_rwlock_trywrlock(&f->pidx_lock))
+		return;
+	/* Re-check under the owner's lock: nothing can write it now. */
+	fl = frame_flags(fr);
+	if (fl & (F_DIRTY | F_IO | F_WB | F_STABLE) || fr->nmappers != 1 ||
+	    pidx_lookup(&f->pidx, index) != fid)
+		goto out_unlock;
+	fp_page(cache_frame_data(c, fid), &h);
+	atomic_fetch_add(&d->hashes_computed, 1);
+	if (!(fl & F_HASHED) || fr->fp[0] != h.lo || fr->fp[1] != h.hi) {
+		/* Changed since the last visit (or first visit): volatile. */
+		if (fl & F_UNSTABLE) {
+			stree_remove(&d->unstable, fid);
+			frame_clear(fr, F_UNSTABLE);
+		}
+		fr->fp[0] = h.lo;
+		fr->fp[1] = h.hi;
+		frame_set(fr, F_HASHED);
+		goto out_unlock;
+	}
+	if (d->scope == DEDUP_SCOPE_NONE)
+		goto out_unlock;
+	frame_clear(fr, F_VOLATILE); /* unchanged for a pass: a candidate */
+	if (dedup_merge_stable(d, f, index, fid))
+		goto out_unlock;
+	if (merge_unstable(d, f, index, fid))
+		goto out_unlock;
+	if (!(fl & F_UNSTABLE) && !stree_insert(&d->unstable, fid))
+		frame_set(fr, F_UNSTABLE);
+	note_failure(d, fr);
+out_unlock:
+	pthread_rwlock_unlock(&f->pidx_lock);
+}
+
+/* One batch; returns true when it completed a full scan. */
+static bool scan_batch(struct dedup *d, unsigned pages)
+{
+	struct cache *c = d->c;
+	bool wrapped = false;
+
+	pthread_mutex_lock(&c->map_lock);
+	for (unsigned i = 0; i < pages; i++) {
+		if (d->cursor >= c->ft.high) {
+			d->cursor = FID_FIRST;
+			/* KSM empties its unstable tree after every pass. */
+			for (uint32_t k = 0; k < d->unstable.cap; k++) {
+				uint32_t u = d->unstable.slots[k];
+
+				if (u && u != UINT32_MAX)
+					frame_clear(cache_frame(c, u),
+						    F_UNSTABLE);
+			}
+			stree_clear(&d->unstable);
+			atomic_fetch_add(&d->full_scans, 1);
+			wrapped = true;
+			break;
+		}
+		scan_one(d, d->cursor++);
+	}
+	pthread_mutex_unlock(&c->map_lock);
+	return wrapped;
+}
+
+static void *scan_main(void *arg)
+{
+	struct dedup *d = arg;
+
+	pthread_setname_np(pthread_self(), "sp-scan");
+	pthread_mutex_lock(&d->scan_lock);
+	while (!d->stop) {
+		bool forced = atomic_load(&d->full_scans) < d->forced_until;
+		unsigned ms = atomic_load(&d->sleep_millisecs);
+
+		if (!forced) {
+			if (!atomic_load(&d->run)) {
+				pthread_cond_wait(&d->scan_cond, &d->scan_lock);
+				continue;
+			}
+			if (ms) {
+				struct timespec ts;
+
+				clock_gettime(CLOCK_REALTIME, &ts);
+				ts.tv_sec += ms / 1000;
+				ts.tv_nsec += (long)(ms % 1000) * 1000000;
+				if (ts.tv_nsec >= 1000000000) {
+					ts.tv_sec++;
+					ts.tv_nsec -= 1000000000;
+				}
+				pthread_cond_timedwait(&d->scan_cond,
+						       &d->scan_lock, &ts);
+				if (d->stop)
+					break;
+				forced = atomic_load(&d->full_scans) <
+					 d->forced_until;
+				if (!forced && !atomic_load(&d->run))
+					continue;
+			}
+		}
+		pthread_mutex_unlock(&d->scan_lock);
+		scan_batch(d, forced ? 4096 : atomic_load(&d->pages_to_scan));
+		pthread_mutex_lock(&d->scan_lock);
+		pthread_cond_broadcast(&d->scan_done);
+	}
+	pthread_mutex_unlock(&d->scan_lock);
+	return NULL;
+}
+
+int dedup_scan_start(struct dedup *d)
+{
+	int ret = pthread_create(&d->thread, NULL, scan_main, d);
+
+	if (ret)
+		return -ret;
+	d->thread_started = true;
+	return 0;
+}
+
+void dedup_scan_stop(struct dedup *d)
+{
+	if (!d->thread_started)
+		return;
+	pthread_mutex_lock(&d->scan_lock);
+	d->stop = true;
+	pthread_cond_broadcast(&d->scan_cond);
+	pthread_cond_broadcast(&d->scan_done);
+	pthread_mutex_unlock(&d->scan_lock);
+	pthread_join(d->thread, NULL);
+	d->thread_started = false;
+}
+
+int dedup_scan_now(struct dedup *d, bool wait)
+{
+	uint64_t target;
+
+	pthread_mutex_lock(&d->scan_lock);
+	/* A full pass from the start: the wrap at its end counts it. The
+	 * cursor is the thread's; restarting it means at most one pass is
+	 * partly repeated. */
+	target = atomic_load(&d->full_scans) + 2;
+	if (target > d->forced_until)
+		d->forced_until = target;
+	pthread_cond_broadcast(&d->scan_cond);
+	while (wait && !d->stop && atomic_load(&d->full_scans) < target)
+		pthread_cond_wait(&d->scan_done, &d->scan_lock);
+	pthread_mutex_unlock(&d->scan_lock);
+	return d->stop ? -ESHUTDOWN : 0;
+}
