@@ -207,7 +207,9 @@ unsigned cache_evict_locked(struct cache *c, unsigned want)
 		fl = frame_flags(fr);
 		if (fl & (F_FREE | F_ZERO | F_IO | F_DIRTY | F_WB))
 			continue;
-		if (atomic_load(&fr->pins))
+		/* Unmapped frames are being set up by their allocator (or are
+		 * orphans waiting for their last pin): not ours to take. */
+		if (atomic_load(&fr->pins) || !fr->nmappers)
 			continue;
 		if (fl & F_REF) {
 			frame_clear(fr, F_REF);

@@ -29,9 +29,11 @@ void cache_read_ctx_fini(struct cache_read_ctx *rc)
 }
 
 /*
- * Fill the missing pages idx[0..n) of f; out[i] receives a pinned frame.
- * inval_lock must be held shared. Without may_block, returns -EAGAIN when
- * no frame is free (the caller holds pins and must let them go first).
+ * Fill missing pages of f from idx[0] on; out[i] receives a pinned frame.
+ * inval_lock must be held shared. Fills as many pages as frames can be had
+ * (at least one with may_block) and returns how many, or -errno. Without
+ * may_block, returns -EAGAIN when no frame is free (the caller holds pins
+ * and must let them go first).
  */
 static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 		      unsigned n, bool may_block)
@@ -46,12 +48,15 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 	uint64_t bsize;
 	int err = 0, ret;
 
+	/* Only the first frame may be waited for: waiting while holding
+	 * frames taken for this fill could wait for ourselves. */
 	for (unsigned i = 0; i < n; i++) {
-		fresh[i] = cache_frame_alloc(c, may_block);
+		fresh[i] = cache_frame_alloc(c, may_block && i == 0);
 		if (!fresh[i]) {
-			while (i--)
-				cache_frame_release(c, fresh[i]);
-			return may_block ? -ENOMEM : -EAGAIN;
+			if (!i)
+				return may_block ? -ENOMEM : -EAGAIN;
+			n = i;
+			break;
 		}
 	}
 
@@ -166,7 +171,13 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 		if (got[i] < 0 && !err)
 			err = (int)got[i];
 	}
-	return err;
+	if (err) {
+		for (unsigned i = 0; i < n; i++)
+			if (out[i])
+				cache_frame_unpin(c, out[i]);
+		return err;
+	}
+	return (int)n;
 }
 
 static void unpin_all(struct cache *c, uint32_t *fids, unsigned n)
@@ -205,25 +216,27 @@ static int pin_pages(struct cfile *f, uint64_t first, unsigned n,
 	}
 	pthread_rwlock_unlock(&f->pidx_lock);
 	atomic_fetch_add(&c->st.hits, hits);
-	if (nmiss) {
-		pthread_rwlock_rdlock(&f->inval_lock);
+	for (unsigned done = 0; done < nmiss;) {
 		/* Wait for frames only while holding no pin: pinned frames
 		 * cannot be evicted, so waiting on them could deadlock. */
-		ret = fill_pages(f, miss_idx, got, nmiss, may_block && !hits);
+		bool block = may_block && !hits && !done;
+
+		pthread_rwlock_rdlock(&f->inval_lock);
+		ret = fill_pages(f, miss_idx + done, got + done, nmiss - done,
+				 block);
 		pthread_rwlock_unlock(&f->inval_lock);
-		if (ret) {
-			if (ret == -EAGAIN || ret == -ENOMEM)
-				for (unsigned k = 0; k < nmiss; k++)
-					got[k] = 0;
-			for (unsigned k = 0; k < nmiss; k++)
+		if (ret < 0) {
+			for (unsigned k = 0; k < done; k++)
 				fids[miss_pos[k]] = got[k];
 			unpin_all(c, fids, n);
 			memset(fids, 0, n * sizeof(*fids));
 			return ret;
 		}
-		for (unsigned k = 0; k < nmiss; k++)
-			fids[miss_pos[k]] = got[k];
+		done += (unsigned)ret;
 	}
+	for (unsigned k = 0; k < nmiss; k++)
+		fids[miss_pos[k]] = got[k];
+	ret = 0;
 	for (unsigned i = 0; i < n; i++) {
 		struct frame *fr = cache_frame(c, fids[i]);
 
@@ -310,7 +323,8 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 			ret = ensure_bounce(rc);
 			if (ret)
 				goto out_release;
-			copied = (size_t)((p << CACHE_PAGE_SHIFT) - off);
+			copied = p > first ? (size_t)((p << CACHE_PAGE_SHIFT) - off)
+					   : 0;
 			copy_out(c, rc->fids, first, off, copied, rc->bounce);
 			unpin_all(c, rc->fids, npages);
 			memset(rc->fids, 0, sizeof(rc->fids));

@@ -1,0 +1,406 @@
+/*
+ * Unit tests of the cache without FUSE: the frame life cycle, reads and
+ * writes against real backing files, eviction under the budget, writeback,
+ * truncate, punch hole and close-to-open revalidation.
+ */
+#include "testfs.h"
+#include "cache_i.h"
+
+#include <linux/falloc.h>
+#include <pthread.h>
+
+#define PG 4096u
+
+static struct cache *new_cache(uint64_t bytes)
+{
+	struct cache_config cfg = { .size_bytes = bytes, .writeback_ms = 100 };
+	struct cache *c;
+
+	REQUIRE(cache_create(&cfg, &c) == 0);
+	return c;
+}
+
+static struct cfile *open_file(struct cache *c, const char *name)
+{
+	struct cfile *f;
+	int pfd = testfs_open_path(name);
+
+	REQUIRE(cfile_open(c, pfd, true, &f) == 0);
+	close(pfd);
+	return f;
+}
+
+/* Read len bytes at off through the cache and compare with seed content
+ * (or with `expect` when given). */
+static int read_matches(struct cfile *f, uint64_t off, size_t len,
+			unsigned seed, const unsigned char *expect)
+{
+	unsigned char *got = malloc(len), *want = malloc(len);
+	ssize_t r;
+	int ok;
+
+	REQUIRE(got && want);
+	r = cache_pread(f, got, len, off);
+	if (expect)
+		memcpy(want, expect, len);
+	else
+		testfs_fill(want, off, len, seed);
+	ok = r == (ssize_t)len && !memcmp(got, want, len);
+	if (!ok)
+		fprintf(stderr, "read_matches: r=%zd len=%zu off=%llu\n", r,
+			len, (unsigned long long)off);
+	free(got);
+	free(want);
+	return ok;
+}
+
+static void test_frame_alloc_free_budget(void)
+{
+	struct frame_table t;
+	uint32_t got[40];
+	unsigned n = 0;
+
+	CHECK_EQ(frame_table_init(&t, 34, 64), 0);
+	while (n < 40 && (got[n] = frame_alloc_locked(&t)))
+		n++;
+	/* limit 34 minus the zero frame: 33 frames */
+	CHECK_EQ(n, 33);
+	CHECK_EQ(t.used, 34);
+	for (unsigned i = 0; i < n; i++) {
+		CHECK(got[i] >= FID_FIRST);
+		frame_free_locked(&t, got[i]);
+	}
+	CHECK_EQ(t.used, 1);
+	/* freed frames are reused before untouched ones */
+	CHECK_EQ(frame_alloc_locked(&t), got[n - 1]);
+	frame_table_fini(&t);
+}
+
+static void test_frame_mappers_inline_then_list(void)
+{
+	struct frame_table t;
+	struct cfile *a = (struct cfile *)0x1000, *b = (struct cfile *)0x2000;
+	struct mapping m[4];
+	uint32_t fid;
+
+	CHECK_EQ(frame_table_init(&t, 16, 16), 0);
+	fid = frame_alloc_locked(&t);
+	CHECK_EQ(frame_add_mapper(&t, fid, a, 1), 0);
+	CHECK_EQ(t.rmap_bytes, 0); /* one mapper: inline, no list */
+	CHECK_EQ(frame_add_mapper(&t, fid, b, 2), 0);
+	CHECK_EQ(frame_add_mapper(&t, fid, b, 3), 0);
+	CHECK(t.rmap_bytes > 0);
+	CHECK_EQ(t.nr_shared, 1);
+	CHECK_EQ(t.nr_sharing, 2);
+	CHECK_EQ(frame_mappers(&t, fid, m, 4), 3);
+	CHECK(!frame_del_mapper(&t, fid, b, 2));
+	CHECK(!frame_del_mapper(&t, fid, a, 1));
+	CHECK_EQ(t.rmap_bytes, 0); /* back to inline */
+	CHECK_EQ(t.nr_shared, 0);
+	CHECK_EQ(frame_mappers(&t, fid, m, 4), 1);
+	CHECK(m[0].file == b && m[0].index == 3);
+	CHECK(frame_del_mapper(&t, fid, b, 3)); /* last one: orphan */
+	CHECK(frame_flags(&t.frames[fid]) & F_ORPHAN);
+	frame_table_fini(&t);
+}
+
+static void test_read_miss_then_hit(void)
+{
+	struct cache *c = new_cache(16 << 20);
+	struct cache_stats st;
+	struct cfile *f;
+
+	testfs_make("r1", 1 << 20, 1);
+	f = open_file(c, "r1");
+	CHECK(read_matches(f, 0, 1 << 20, 1, NULL));
+	cache_get_stats(c, &st);
+	CHECK_EQ(st.misses, 256);
+	CHECK_EQ(st.backing_read_bytes, 1 << 20);
+	/* neighbouring misses are batched into few requests */
+	CHECK(st.backing_reads <= 8);
+	CHECK(read_matches(f, 5000, 70000, 1, NULL));
+	cache_get_stats(c, &st);
+	CHECK_EQ(st.misses, 256);
+	CHECK(st.hits >= 18);
+	CHECK_EQ(st.cache_bytes, (256 + 1) * PG); /* + the zero frame */
+	/* reads stop at EOF */
+	char b[16];
+	CHECK_EQ(cache_pread(f, b, 16, (1 << 20) - 4), 4);
+	CHECK_EQ(cache_pread(f, b, 16, 1 << 20), 0);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+static void test_write_unaligned_and_writeback(void)
+{
+	struct cache *c = new_cache(16 << 20);
+	unsigned char model[5 * PG + 100], got[sizeof(model)];
+	struct cfile *f;
+	uint64_t where;
+
+	testfs_make("w1", 3 * PG + 10, 2);
+	testfs_fill(model, 0, 3 * PG + 10, 2);
+	f = open_file(c, "w1");
+	/* across a page boundary, partial pages not yet read */
+	memset(model + PG - 3, 0xAB, 10);
+	CHECK_EQ(cache_write(f, model + PG - 3, 10, PG - 3, false, &where), 10);
+	/* extending write past EOF leaves a zero gap */
+	memset(model + 3 * PG + 10, 0, sizeof(model) - (3 * PG + 10));
+	memset(model + 4 * PG + 50, 0xCD, PG + 50);
+	CHECK_EQ(cache_write(f, model + 4 * PG + 50, PG + 50, 4 * PG + 50,
+			     false, NULL), PG + 50);
+	CHECK_EQ(cfile_size(f), sizeof(model));
+	CHECK(read_matches(f, 0, sizeof(model), 0, model));
+	CHECK(cfile_has_dirty(f));
+	/* nothing reached the disk yet; fsync writes it all */
+	CHECK_EQ(cache_fsync(f, false), 0);
+	CHECK(!cfile_has_dirty(f));
+	CHECK_EQ(testfs_read_backing("w1", got, sizeof(got) + 1, 0),
+		 sizeof(model));
+	CHECK(!memcmp(got, model, sizeof(model)));
+	/* append goes to the end whatever the offset says */
+	CHECK_EQ(cache_write(f, "xyz", 3, 0, true, &where), 3);
+	CHECK_EQ(where, sizeof(model));
+	CHECK_EQ(cfile_size(f), sizeof(model) + 3);
+	CHECK_EQ(cache_flush_file(f), 0); /* what close does */
+	CHECK_EQ(testfs_read_backing("w1", got, 3, sizeof(model)), 3);
+	cfile_put(f);
+	CHECK(!memcmp(got, "xyz", 3));
+	cache_destroy(c);
+}
+
+static void test_eviction_under_budget(void)
+{
+	/* 64 frames for a 4 MiB file */
+	struct cache *c = new_cache(64 * PG);
+	struct cache_stats st;
+	struct cfile *f;
+
+	testfs_make("big", 4 << 20, 3);
+	f = open_file(c, "big");
+	CHECK(read_matches(f, 0, 4 << 20, 3, NULL));
+	CHECK(read_matches(f, 1 << 20, 1 << 20, 3, NULL));
+	cache_get_stats(c, &st);
+	CHECK(st.cache_bytes <= st.cache_limit_bytes + 2 * PG);
+	CHECK(st.evictions > 900);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+static void test_dirty_beyond_budget_makes_progress(void)
+{
+	struct cache *c = new_cache(64 * PG);
+	unsigned char *buf = malloc(8 << 20);
+	struct cfile *f;
+
+	REQUIRE(buf);
+	testfs_make("dirty", 0, 0);
+	testfs_fill(buf, 0, 8 << 20, 4);
+	f = open_file(c, "dirty");
+	/* 8 MiB of writes through 256 KiB of frames: writeback must clean
+	 * frames for the writer to go on */
+	for (size_t off = 0; off < (8u << 20); off += 100000) {
+		size_t n = (8u << 20) - off < 100000 ? (8u << 20) - off : 100000;
+
+		CHECK_EQ(cache_write(f, buf + off, n, off, false, NULL),
+			 (ssize_t)n);
+	}
+	CHECK_EQ(cache_fsync(f, false), 0);
+	CHECK(read_matches(f, 0, 8 << 20, 4, NULL));
+	unsigned char *disk = malloc(8 << 20);
+	CHECK_EQ(testfs_read_backing("dirty", disk, 8 << 20, 0), 8 << 20);
+	CHECK(!memcmp(disk, buf, 8 << 20));
+	free(disk);
+	free(buf);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+static void test_pinned_frame_not_evicted(void)
+{
+	struct cache *c = new_cache(32 * PG);
+	struct cache_read_ctx *rc = malloc(sizeof(*rc));
+	struct cfile *f;
+	unsigned char first[PG];
+
+	testfs_make("pin", 1 << 20, 5);
+	f = open_file(c, "pin");
+	cache_read_ctx_init(rc);
+	CHECK_EQ(cache_read(f, 0, PG, rc), 0);
+	CHECK_EQ(rc->niov, 1);
+	memcpy(first, rc->iov[0].iov_base, PG);
+	/* churn the rest of the cache while page 0 is pinned */
+	CHECK(read_matches(f, PG, (1 << 20) - PG, 5, NULL));
+	CHECK(!memcmp(first, rc->iov[0].iov_base, PG));
+	testfs_fill(first, 0, PG, 5);
+	CHECK(!memcmp(first, rc->iov[0].iov_base, PG));
+	cache_read_release(f, rc);
+	cache_read_ctx_fini(rc);
+	free(rc);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+static void test_large_read_in_tiny_cache_bounces(void)
+{
+	/* 20 frames cannot hold a 1 MiB reply: the read still succeeds */
+	struct cache *c = new_cache(20 * PG);
+	struct cache_read_ctx *rc = malloc(sizeof(*rc));
+	unsigned char *want = malloc(1 << 20);
+	struct cfile *f;
+
+	testfs_make("tiny", 2 << 20, 6);
+	f = open_file(c, "tiny");
+	cache_read_ctx_init(rc);
+	CHECK_EQ(cache_read(f, 12345, 1 << 20, rc), 0);
+	CHECK_EQ(rc->bytes, 1 << 20);
+	testfs_fill(want, 12345, 1 << 20, 6);
+	size_t at = 0;
+	for (unsigned i = 0; i < rc->niov; i++) {
+		CHECK(!memcmp((char *)rc->iov[i].iov_base, want + at,
+			      rc->iov[i].iov_len));
+		at += rc->iov[i].iov_len;
+	}
+	CHECK_EQ(at, 1 << 20);
+	cache_read_release(f, rc);
+	cache_read_ctx_fini(rc);
+	free(rc);
+	free(want);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+static void test_truncate_zeroes_tail(void)
+{
+	struct cache *c = new_cache(1 << 20);
+	unsigned char model[3 * PG];
+	struct cfile *f;
+
+	testfs_make("t", 3 * PG, 7);
+	f = open_file(c, "t");
+	CHECK(read_matches(f, 0, 3 * PG, 7, NULL));
+	CHECK_EQ(cache_truncate(f, PG + 100), 0);
+	CHECK_EQ(cfile_size(f), PG + 100);
+	CHECK_EQ(cache_truncate(f, 3 * PG), 0);
+	testfs_fill(model, 0, PG + 100, 7);
+	memset(model + PG + 100, 0, sizeof(model) - PG - 100);
+	CHECK(read_matches(f, 0, 3 * PG, 0, model));
+	/* dirty tail page: zeroed in place */
+	CHECK_EQ(cache_write(f, "abcdefgh", 8, 2 * PG + 10, false, NULL), 8);
+	CHECK_EQ(cache_truncate(f, 2 * PG + 12), 0);
+	CHECK_EQ(cache_truncate(f, 3 * PG), 0);
+	memcpy(model + 2 * PG + 10, "ab", 2);
+	CHECK(read_matches(f, 0, 3 * PG, 0, model));
+	CHECK_EQ(cache_fsync(f, false), 0);
+	unsigned char disk[3 * PG];
+	CHECK_EQ(testfs_read_backing("t", disk, sizeof(disk), 0), 3 * PG);
+	CHECK(!memcmp(disk, model, sizeof(disk)));
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+static void test_punch_hole_drops_cached_pages(void)
+{
+	struct cache *c = new_cache(1 << 20);
+	unsigned char model[8 * PG];
+	struct cfile *f;
+
+	testfs_make("p", 8 * PG, 8);
+	testfs_fill(model, 0, sizeof(model), 8);
+	f = open_file(c, "p");
+	CHECK(read_matches(f, 0, 8 * PG, 8, NULL));
+	/* a dirty page inside the hole must not come back */
+	CHECK_EQ(cache_write(f, "zz", 2, 3 * PG, false, NULL), 2);
+	CHECK_EQ(cache_fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				 PG + 100, 4 * PG), 0);
+	memset(model + PG + 100, 0, 4 * PG);
+	CHECK(read_matches(f, 0, 8 * PG, 0, model));
+	CHECK_EQ(cfile_size(f), 8 * PG);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+static void test_revalidate_sees_change_behind(void)
+{
+	struct cache *c = new_cache(1 << 20);
+	struct cfile *f;
+
+	testfs_make("cto", 2 * PG, 9);
+	f = open_file(c, "cto");
+	CHECK(read_matches(f, 0, 2 * PG, 9, NULL));
+	usleep(20000); /* a distinct mtime */
+	testfs_make("cto", 3 * PG, 10);
+	/* without revalidation the cache keeps serving what it has... */
+	CHECK_EQ(cfile_revalidate(f), 0);
+	/* ...and with it, the new content and size */
+	CHECK_EQ(cfile_size(f), 3 * PG);
+	CHECK(read_matches(f, 0, 3 * PG, 10, NULL));
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+struct rw_arg {
+	struct cfile *f;
+	unsigned seed;
+	uint64_t base;
+};
+
+static void *rw_thread(void *p)
+{
+	struct rw_arg *a = p;
+	unsigned char buf[3 * PG];
+
+	for (int round = 0; round < 50; round++) {
+		uint64_t off = a->base + (uint64_t)(round % 10) * 3 * PG + 7;
+
+		testfs_fill(buf, off, sizeof(buf), a->seed);
+		if (cache_write(a->f, buf, sizeof(buf), off, false, NULL) !=
+		    sizeof(buf))
+			return (void *)1;
+		if (!read_matches(a->f, off, sizeof(buf), a->seed, NULL))
+			return (void *)1;
+	}
+	return NULL;
+}
+
+static void test_concurrent_writers_tiny_cache(void)
+{
+	struct cache *c = new_cache(24 * PG);
+	pthread_t th[4];
+	struct rw_arg a[4];
+	struct cfile *f;
+
+	testfs_make("conc", 1 << 20, 11);
+	f = open_file(c, "conc");
+	for (int i = 0; i < 4; i++) {
+		a[i] = (struct rw_arg){ f, 20 + i, (uint64_t)i * 200 * PG };
+		REQUIRE(pthread_create(&th[i], NULL, rw_thread, &a[i]) == 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		void *r;
+
+		pthread_join(th[i], &r);
+		CHECK(r == NULL);
+	}
+	CHECK_EQ(cache_fsync(f, false), 0);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+int main(void)
+{
+	testfs_init();
+	RUN(test_frame_alloc_free_budget);
+	RUN(test_frame_mappers_inline_then_list);
+	RUN(test_read_miss_then_hit);
+	RUN(test_write_unaligned_and_writeback);
+	RUN(test_eviction_under_budget);
+	RUN(test_dirty_beyond_budget_makes_progress);
+	RUN(test_pinned_frame_not_evicted);
+	RUN(test_large_read_in_tiny_cache_bounces);
+	RUN(test_truncate_zeroes_tail);
+	RUN(test_punch_hole_drops_cached_pages);
+	RUN(test_revalidate_sees_change_behind);
+	RUN(test_concurrent_writers_tiny_cache);
+	return CHECK_DONE();
+}

@@ -1,0 +1,351 @@
+/*
+ * Unit tests of content merging without FUSE: merge on fill, copy-on-write
+ * isolation, zero pages, the scanner re-merging written pages, the reverse
+ * map across truncate and release, max_page_sharing and the uid scope.
+ */
+#include "testfs.h"
+#include "cache_i.h"
+#include "dedup.h"
+
+#define PG 4096u
+
+struct env {
+	struct cache *c;
+	struct dedup *d;
+};
+
+static struct env new_env(uint64_t bytes, void (*tune)(struct dedup_config *))
+{
+	struct cache_config cfg = { .size_bytes = bytes, .writeback_ms = 100 };
+	struct dedup_config dc;
+	struct env e;
+
+	dedup_config_defaults(&dc);
+	dc.sleep_millisecs = 1;
+	if (tune)
+		tune(&dc);
+	REQUIRE(cache_create(&cfg, &e.c) == 0);
+	REQUIRE(dedup_create(e.c, &dc, &e.d) == 0);
+	return e;
+}
+
+static void free_env(struct env *e)
+{
+	dedup_destroy(e->d);
+	cache_destroy(e->c);
+}
+
+static struct cfile *open_file(struct cache *c, const char *name)
+{
+	struct cfile *f;
+	int pfd = testfs_open_path(name);
+
+	REQUIRE(cfile_open(c, pfd, true, &f) == 0);
+	close(pfd);
+	return f;
+}
+
+static int matches(struct cfile *f, uint64_t off, size_t len, unsigned seed,
+		   const unsigned char *expect)
+{
+	unsigned char *got = malloc(len), *want = malloc(len);
+	int ok;
+
+	REQUIRE(got && want);
+	if (expect)
+		memcpy(want, expect, len);
+	else if (seed)
+		testfs_fill(want, off, len, seed);
+	else
+		memset(want, 0, len);
+	ok = cache_pread(f, got, len, off) == (ssize_t)len &&
+	     !memcmp(got, want, len);
+	free(got);
+	free(want);
+	return ok;
+}
+
+static void copies(const char *prefix, int n, uint64_t len, unsigned seed,
+		   struct cache *c, struct cfile **out)
+{
+	for (int i = 0; i < n; i++) {
+		char name[64];
+
+		snprintf(name, sizeof(name), "%s%d", prefix, i);
+		testfs_make(name, len, seed);
+		out[i] = open_file(c, name);
+	}
+}
+
+static void test_identical_copies_share_frames(void)
+{
+	struct env e = new_env(64 << 20, NULL);
+	struct cfile *f[8];
+	struct dedup_stats ds;
+	struct cache_stats cs;
+
+	copies("same", 8, 2 << 20, 1, e.c, f);
+	for (int i = 0; i < 8; i++)
+		CHECK(matches(f[i], 0, 2 << 20, 1, NULL));
+	dedup_get_stats(e.d, &ds);
+	cache_get_stats(e.c, &cs);
+	/* one copy's frames (512 pages) hold all eight */
+	CHECK(cs.cache_bytes <= (512 + 8) * PG);
+	CHECK_EQ(ds.pages_shared, 512);
+	CHECK_EQ(ds.pages_sharing, 7 * 512);
+	CHECK_EQ(ds.content_merges, 7 * 512);
+	CHECK_EQ(ds.hashes_computed, 8 * 512);
+	CHECK(ds.general_profit > 0);
+	for (int i = 0; i < 8; i++)
+		cfile_put(f[i]);
+	free_env(&e);
+}
+
+static void test_cow_write_seen_by_writer_only(void)
+{
+	struct env e = new_env(64 << 20, NULL);
+	struct cfile *f[3];
+	unsigned char model[16 * PG];
+	struct {
+		uint64_t off;
+		size_t len;
+	} w[] = { { 0, 1 }, { PG - 1, 1 }, { PG, PG }, { 3 * PG - 5, 10 },
+		  { 5 * PG + 100, 3 * PG }, { 15 * PG, PG } };
+	struct cache_stats cs;
+
+	copies("cow", 3, sizeof(model), 2, e.c, f);
+	for (int i = 0; i < 3; i++)
+		CHECK(matches(f[i], 0, sizeof(model), 2, NULL));
+	testfs_fill(model, 0, sizeof(model), 2);
+	for (unsigned k = 0; k < sizeof(w) / sizeof(w[0]); k++) {
+		unsigned char buf[3 * PG];
+
+		memset(buf, 0x40 + k, w[k].len);
+		memcpy(model + w[k].off, buf, w[k].len);
+		CHECK_EQ(cache_write(f[1], buf, w[k].len, w[k].off, false,
+				     NULL), (ssize_t)w[k].len);
+		CHECK(matches(f[1], 0, sizeof(model), 0, model));
+		CHECK(matches(f[0], 0, sizeof(model), 2, NULL));
+		CHECK(matches(f[2], 0, sizeof(model), 2, NULL));
+	}
+	cache_get_stats(e.c, &cs);
+	CHECK(cs.cow_breaks >= 7);
+	CHECK_EQ(cache_fsync(f[1], false), 0);
+	unsigned char disk[sizeof(model)];
+	CHECK_EQ(testfs_read_backing("cow1", disk, sizeof(disk), 0),
+		 sizeof(disk));
+	CHECK(!memcmp(disk, model, sizeof(disk)));
+	CHECK_EQ(testfs_read_backing("cow0", disk, sizeof(disk), 0),
+		 sizeof(disk));
+	testfs_fill(model, 0, sizeof(model), 2);
+	CHECK(!memcmp(disk, model, sizeof(disk)));
+	for (int i = 0; i < 3; i++)
+		cfile_put(f[i]);
+	free_env(&e);
+}
+
+static void test_zero_pages_share_one_frame(void)
+{
+	struct env e = new_env(64 << 20, NULL);
+	struct cfile *f;
+	struct dedup_stats ds;
+	struct cache_stats cs;
+
+	testfs_make("zeros", 1000 * PG, 0);
+	f = open_file(e.c, "zeros");
+	CHECK(matches(f, 0, 1000 * PG, 0, NULL));
+	dedup_get_stats(e.d, &ds);
+	cache_get_stats(e.c, &cs);
+	CHECK_EQ(ds.zero_pages, 1000);
+	CHECK(cs.cache_bytes <= 70 * PG); /* only fills in flight */
+	/* writing into a zero page breaks it away from the zero frame */
+	CHECK_EQ(cache_write(f, "q", 1, 10 * PG, false, NULL), 1);
+	unsigned char model[PG] = { 'q' };
+	CHECK(matches(f, 10 * PG, PG, 0, model));
+	CHECK(matches(f, 11 * PG, PG, 0, NULL));
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.zero_pages, 999);
+	cfile_put(f);
+	free_env(&e);
+}
+
+static void test_scanner_remerges_written_page(void)
+{
+	struct env e = new_env(64 << 20, NULL);
+	struct cfile *f[2];
+	struct dedup_stats ds;
+	unsigned char orig[PG];
+
+	copies("re", 2, 8 * PG, 3, e.c, f);
+	CHECK(matches(f[0], 0, 8 * PG, 3, NULL));
+	CHECK(matches(f[1], 0, 8 * PG, 3, NULL));
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.pages_sharing, 8);
+	/* change page 2 of copy 1, then put the old bytes back */
+	CHECK_EQ(cache_write(f[1], "xxxx", 4, 2 * PG, false, NULL), 4);
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.pages_sharing, 7);
+	CHECK(ds.pages_volatile >= 1);
+	testfs_fill(orig, 2 * PG, PG, 3);
+	CHECK_EQ(cache_write(f[1], orig, PG, 2 * PG, false, NULL), PG);
+	CHECK_EQ(cache_fsync(f[1], false), 0);
+	/* two passes: one to note the checksum, one to find it unchanged */
+	CHECK_EQ(dedup_scan_now(e.d, true), 0);
+	CHECK_EQ(dedup_scan_now(e.d, true), 0);
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.pages_sharing, 8);
+	CHECK_EQ(ds.pages_volatile, 0);
+	CHECK(ds.full_scans >= 2);
+	CHECK(matches(f[1], 0, 8 * PG, 3, NULL));
+	cfile_put(f[0]);
+	cfile_put(f[1]);
+	free_env(&e);
+}
+
+static void test_scanner_merges_two_written_copies(void)
+{
+	struct env e = new_env(64 << 20, NULL);
+	struct cfile *f[2];
+	unsigned char buf[4 * PG];
+	struct dedup_stats ds;
+
+	testfs_fill(buf, 0, sizeof(buf), 4);
+	copies("wr", 2, 0, 0, e.c, f);
+	/* written (not read) pages: only the scanner can merge them */
+	for (int i = 0; i < 2; i++) {
+		CHECK_EQ(cache_write(f[i], buf, sizeof(buf), 0, false, NULL),
+			 (ssize_t)sizeof(buf));
+		CHECK_EQ(cache_fsync(f[i], false), 0);
+	}
+	CHECK_EQ(dedup_scan_now(e.d, true), 0);
+	CHECK_EQ(dedup_scan_now(e.d, true), 0);
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.pages_sharing, 4);
+	CHECK(matches(f[0], 0, sizeof(buf), 4, NULL));
+	/* and a write after the merge is still private */
+	CHECK_EQ(cache_write(f[0], "!", 1, PG, false, NULL), 1);
+	CHECK(matches(f[1], 0, sizeof(buf), 4, NULL));
+	cfile_put(f[0]);
+	cfile_put(f[1]);
+	free_env(&e);
+}
+
+static void test_truncate_and_release_keep_other_copy(void)
+{
+	struct env e = new_env(64 << 20, NULL);
+	struct cfile *f[3];
+	struct dedup_stats ds;
+
+	copies("tr", 3, 64 * PG, 5, e.c, f);
+	for (int i = 0; i < 3; i++)
+		CHECK(matches(f[i], 0, 64 * PG, 5, NULL));
+	CHECK_EQ(cache_truncate(f[0], 10 * PG + 7), 0);
+	CHECK(matches(f[1], 0, 64 * PG, 5, NULL));
+	cfile_put(f[2]); /* unlink-and-close of a copy */
+	CHECK(matches(f[1], 0, 64 * PG, 5, NULL));
+	CHECK(matches(f[0], 0, 10 * PG + 7, 5, NULL));
+	dedup_get_stats(e.d, &ds);
+	/* f0 keeps 10 whole pages on f1's frames; its tail page differs */
+	CHECK_EQ(ds.pages_sharing, 10);
+	cfile_put(f[0]);
+	cfile_put(f[1]);
+	free_env(&e);
+}
+
+static void tune_max2(struct dedup_config *dc)
+{
+	dc->max_page_sharing = 2;
+}
+
+static void test_max_page_sharing_chains(void)
+{
+	struct env e = new_env(64 << 20, tune_max2);
+	struct cfile *f[5];
+	struct dedup_stats ds;
+	struct cache_stats cs;
+
+	copies("mx", 5, 4 * PG, 6, e.c, f);
+	for (int i = 0; i < 5; i++)
+		CHECK(matches(f[i], 0, 4 * PG, 6, NULL));
+	dedup_get_stats(e.d, &ds);
+	cache_get_stats(e.c, &cs);
+	/* five copies, two per frame: three frames per page */
+	CHECK(ds.stable_chains > 0);
+	CHECK_EQ(ds.pages_sharing, 2 * 4);
+	CHECK(cs.cache_bytes >= 12 * PG);
+	for (int i = 0; i < 5; i++)
+		cfile_put(f[i]);
+	free_env(&e);
+}
+
+static void tune_uid(struct dedup_config *dc)
+{
+	dc->scope = DEDUP_SCOPE_UID;
+}
+
+static void test_uid_scope_never_shares_across_owners(void)
+{
+	struct env e = new_env(64 << 20, tune_uid);
+	struct cfile *f[3];
+	struct dedup_stats ds;
+	char path[512];
+
+	testfs_make("own0", 8 * PG, 7);
+	testfs_make("own1", 8 * PG, 7);
+	testfs_make("own2", 8 * PG, 7);
+	snprintf(path, sizeof(path), "%s/own2", testfs_dir);
+	REQUIRE(chown(path, 65534, 65534) == 0);
+	for (int i = 0; i < 3; i++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "own%d", i);
+		f[i] = open_file(e.c, name);
+		CHECK(matches(f[i], 0, 8 * PG, 7, NULL));
+	}
+	dedup_get_stats(e.d, &ds);
+	/* own0 and own1 (same owner) share; own2 keeps its own frames */
+	CHECK_EQ(ds.pages_sharing, 8);
+	for (int i = 0; i < 3; i++)
+		cfile_put(f[i]);
+	free_env(&e);
+}
+
+static void test_eviction_of_shared_frames(void)
+{
+	/* 100 frames for 4 copies of 64 pages: shared frames get evicted
+	 * from all mappers and come back right */
+	struct env e = new_env(100 * PG, NULL);
+	struct cfile *f[4], *g;
+	struct cache_stats cs;
+
+	copies("ev", 4, 64 * PG, 8, e.c, f);
+	testfs_make("evother", 256 * PG, 9);
+	g = open_file(e.c, "evother");
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < 4; i++)
+			CHECK(matches(f[i], 0, 64 * PG, 8, NULL));
+		CHECK(matches(g, 0, 256 * PG, 9, NULL));
+	}
+	cache_get_stats(e.c, &cs);
+	CHECK(cs.evictions > 0);
+	CHECK(cs.cache_bytes <= 102 * PG);
+	for (int i = 0; i < 4; i++)
+		cfile_put(f[i]);
+	cfile_put(g);
+	free_env(&e);
+}
+
+int main(void)
+{
+	testfs_init();
+	RUN(test_identical_copies_share_frames);
+	RUN(test_cow_write_seen_by_writer_only);
+	RUN(test_zero_pages_share_one_frame);
+	RUN(test_scanner_remerges_written_page);
+	RUN(test_scanner_merges_two_written_copies);
+	RUN(test_truncate_and_release_keep_other_copy);
+	RUN(test_max_page_sharing_chains);
+	RUN(test_uid_scope_never_shares_across_owners);
+	RUN(test_eviction_of_shared_frames);
+	return CHECK_DONE();
+}
