@@ -7,7 +7,14 @@
  * since the previous visit and it is clean, it is a candidate: merged into
  * an identical stable frame, or with an identical candidate of the
  * unstable tree (both then become one stable frame), or else put into the
- * unstable tree, which is emptied at the end of every full scan.
+ * unstable tree.
+ *
+ * KSM empties its unstable tree after every pass because a page that
+ * changed corrupts the order of its rbtree. Our table is keyed by the
+ * checksum taken at insertion: a frame leaves it when it is written
+ * (make_private) or found changed, and every match is confirmed with
+ * memcmp, so entries may stay across passes. That matters with smart
+ * scan: two identical candidates skipped in different passes still meet.
  *
  * Smart scan: a candidate that found no partner is skipped for 1, 2, 4 ...
  * (at most 16) further passes, as KSM does.
@@ -142,15 +149,6 @@ static bool scan_batch(struct dedup *d, unsigned pages)
 	for (unsigned i = 0; i < pages; i++) {
 		if (d->cursor >= c->ft.high) {
 			d->cursor = FID_FIRST;
-			/* KSM empties its unstable tree after every pass. */
-			for (uint32_t k = 0; k < d->unstable.cap; k++) {
-				uint32_t u = d->unstable.slots[k];
-
-				if (u && u != UINT32_MAX)
-					frame_clear(cache_frame(c, u),
-						    F_UNSTABLE);
-			}
-			stree_clear(&d->unstable);
 			atomic_fetch_add(&d->full_scans, 1);
 			wrapped = true;
 			break;
