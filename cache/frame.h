@@ -104,9 +104,16 @@ struct cache_share_ops {
 	/* A STABLE/UNSTABLE/PHYS frame is about to change or be freed: take it
 	 * out of dedup's tables. */
 	void (*forget)(void *ctx, uint32_t fid);
-	/* Before a fill: a resident frame with the same physical block as
-	 * (f, index)? Returns fid or 0. f's pidx_lock held for writing. */
+	/* Before a fill: map (f, index) to a resident frame holding the same
+	 * physical block (reflink), or to the zero frame for an unwritten
+	 * extent. Returns that fid (mapped and counted) or 0. f's pidx_lock
+	 * is held for writing, map_lock is NOT (taken inside). */
 	uint32_t (*lookup_phys)(void *ctx, struct cfile *f, uint64_t index);
+	/* The fresh frame fid is about to be filled for (f, index): note its
+	 * physical block so that clones find it while the read is in
+	 * flight. Same locks as lookup_phys. */
+	void (*note_phys)(void *ctx, struct cfile *f, uint64_t index,
+			  uint32_t fid);
 };
 
 struct frame_table {

@@ -68,9 +68,7 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 		if (!fid && idx[i] << CACHE_PAGE_SHIFT >= bsize) {
 			fid = FID_ZERO; /* past the backing EOF: no I/O */
 		} else if (!fid && c->share.lookup_phys) {
-			pthread_mutex_lock(&c->map_lock);
 			fid = c->share.lookup_phys(c->share.ctx, f, idx[i]);
-			pthread_mutex_unlock(&c->map_lock);
 		}
 		if (fid) {
 			frame_pin(cache_frame(c, fid));
@@ -92,6 +90,8 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 		}
 		frame_set(cache_frame(c, fresh[i]), F_IO | F_REF);
 		frame_pin(cache_frame(c, fresh[i]));
+		if (c->share.note_phys)
+			c->share.note_phys(c->share.ctx, f, idx[i], fresh[i]);
 		out[i] = fresh[i];
 		io[i] = true;
 		nio++;

@@ -121,6 +121,7 @@ uint32_t dedup_merge_stable(struct dedup *d, struct cfile *f, uint64_t index,
 		}
 		if (!same_page(c, cand, fid))
 			continue;
+		dedup_move_phys(d, fid, cand);
 		if (dedup_remap(d, f, index, fid, cand))
 			return 0;
 		atomic_fetch_add(&d->content_merges, 1);
@@ -191,6 +192,7 @@ int dedup_create(struct cache *c, const struct dedup_config *cfg,
 	pthread_cond_init(&d->scan_done, NULL);
 	d->cursor = FID_FIRST;
 	ops.ctx = d;
+	dedup_reflink_ops(&ops);
 	cache_set_share_ops(c, &ops);
 	ret = dedup_scan_start(d);
 	if (ret) {

@@ -15,6 +15,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#define DEDUP_MAX_DEVS 64
+
 struct dedup {
 	struct cache *c;
 	enum dedup_scope scope;             /* immutable */
@@ -23,6 +25,8 @@ struct dedup {
 	struct stree stable;                /* map_lock */
 	struct stree unstable;              /* map_lock */
 	struct stree phys;                  /* map_lock */
+	dev_t devs[DEDUP_MAX_DEVS];         /* map_lock: id - 1 -> device */
+	unsigned ndevs;
 	_Atomic uint64_t content_merges, reflink_merges, hashes_computed,
 		full_scans, stable_chains;
 	/* scanner */
@@ -48,6 +52,10 @@ int dedup_remap(struct dedup *d, struct cfile *f, uint64_t index,
 		uint32_t fid, uint32_t target);
 /* Make fid a stable frame (one mapper). map_lock held. */
 void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope);
+
+/* reflink.c */
+void dedup_reflink_ops(struct cache_share_ops *ops);
+void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target);
 
 int dedup_scan_start(struct dedup *d);
 void dedup_scan_stop(struct dedup *d);

@@ -16,7 +16,7 @@
 
 static char testfs_dir[256];
 
-static void testfs_cleanup(void)
+static inline void testfs_cleanup(void)
 {
 	char cmd[300];
 
@@ -25,7 +25,7 @@ static void testfs_cleanup(void)
 		fprintf(stderr, "could not remove %s\n", testfs_dir);
 }
 
-static const char *testfs_init(void)
+static inline const char *testfs_init(void)
 {
 	const char *tmp = getenv("TMPDIR");
 
@@ -45,7 +45,7 @@ static inline unsigned char testfs_byte(uint64_t i, unsigned s)
 	return (unsigned char)(x >> (8 * (i % 8)));
 }
 
-static void testfs_fill(unsigned char *buf, uint64_t off, size_t len,
+static inline void testfs_fill(unsigned char *buf, uint64_t off, size_t len,
 			unsigned seed)
 {
 	for (size_t i = 0; i < len; i++)
@@ -53,7 +53,7 @@ static void testfs_fill(unsigned char *buf, uint64_t off, size_t len,
 }
 
 /* Create name with len bytes of seed content (seed 0: zeros). */
-static void testfs_make(const char *name, uint64_t len, unsigned seed)
+static inline void testfs_make(const char *name, uint64_t len, unsigned seed)
 {
 	char path[512];
 	unsigned char buf[65536];
@@ -74,7 +74,7 @@ static void testfs_make(const char *name, uint64_t len, unsigned seed)
 	close(fd);
 }
 
-static int testfs_open_path(const char *name)
+static inline int testfs_open_path(const char *name)
 {
 	char path[512];
 	int fd;
@@ -86,7 +86,7 @@ static int testfs_open_path(const char *name)
 }
 
 /* Read the backing file directly (not through the cache). */
-static ssize_t testfs_read_backing(const char *name, void *buf, size_t len,
+static inline ssize_t testfs_read_backing(const char *name, void *buf, size_t len,
 				   uint64_t off)
 {
 	char path[512];

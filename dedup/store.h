@@ -1,0 +1,114 @@
+/*
+ * store: the LMDB store that lets a restarted daemon know which pages are
+ * identical without reading or hashing them again.
+ *
+ * One LMDB environment in the state directory (data.mdb, lock.mdb), with
+ * four named databases. All integers are big-endian so that keys sort in
+ * numeric order and range scans walk a file's pages in order.
+ *
+ *   meta   "format" -> u32 STORE_FORMAT; "page_size" -> u32 4096;
+ *          "next_file_id" -> u64.
+ *   files  key  dev u64 | ino u64                         (16 bytes)
+ *          val  file_id u64 | size u64 | mtime_ns i64 | ctime_ns i64 |
+ *               last_used_s u64                            (40 bytes)
+ *   pages  key  file_id u64 | page index u64               (16 bytes)
+ *          val  fingerprint (XXH3-128, lo u64 | hi u64)    (16 bytes)
+ *   fps    key  fingerprint                                (16 bytes)
+ *          val  refs u64 (pages with this content) | file_id u64 |
+ *               page index u64 (where one copy lives)     (24 bytes)
+ *
+ * A file's fingerprints are trusted only while its identity (device,
+ * inode, size, mtime and ctime in ns) equals the stored one: any change,
+ * even with the old mtime put back (ctime moves), makes store_file_match()
+ * drop the file's records.
+ *
+ * Writes never happen on the caller's thread: store_put_page() and the
+ * other updates go into a queue that one writer thread (LMDB allows one
+ * writer) commits in batches (up to STORE_BATCH updates or 100 ms). Reads
+ * use short read-only transactions on the caller's thread.
+ *
+ * Failures: a full map grows it (up to the quota), a full quota prunes
+ * the fingerprints least likely to pay (unique pages of the files used
+ * longest ago) first, and a commit that still fails (full disk, read-only
+ * state directory) pauses persistence with one logged warning: the mount
+ * keeps serving correct data, only without persistence.
+ *
+ * Locking: the queue has its own mutex; map resizing holds a rwlock
+ * exclusively against readers (mdb_env_set_mapsize needs no live txn).
+ *
+ * Errors (from store_open): -ENOENT/-EACCES/-ENOTDIR for the directory,
+ * -EPROTO for a store of another format version or page size, -EBADMSG
+ * for a file that is not an LMDB store or is corrupt. With rebuild set,
+ * an unusable store is removed and created afresh instead.
+ */
+#ifndef SAMEPAGE_STORE_H
+#define SAMEPAGE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define STORE_FORMAT 1u
+#define STORE_BATCH 4096u
+
+struct store;
+
+struct store_ident {
+	uint64_t dev, ino, size;
+	int64_t mtime_ns, ctime_ns;
+};
+
+struct store_fp {
+	uint64_t lo, hi;
+};
+
+struct store_stats {
+	uint64_t files;            /* file records */
+	uint64_t pages;            /* page fingerprints */
+	uint64_t distinct;         /* distinct fingerprints */
+	uint64_t dup_pages;        /* pages - distinct: potential saving */
+	uint64_t bytes;            /* size of the environment in use */
+	uint64_t quota_bytes;
+	uint64_t commits, commit_errors, pruned_pages;
+	bool paused;               /* persistence paused after a failure */
+};
+
+/* Open or create the store in dir (created mode 0700 if missing). */
+int store_open(const char *dir, uint64_t quota_bytes, bool rebuild,
+	       struct store **out);
+/* Commit what is queued, stop the writer, close. */
+void store_close(struct store *s);
+/* Open an existing store read-only for offline statistics. */
+int store_open_readonly(const char *dir, struct store **out);
+
+/* 0 and *file_id if a record with exactly this identity exists; -ENOENT
+ * if none; -ESTALE if one existed with another identity (its records are
+ * dropped, through the queue). */
+int store_file_match(struct store *s, const struct store_ident *id,
+		     uint64_t *file_id);
+/* Stored fingerprints of pages [first, first + n) of a matched file;
+ * present[i] says whether page first+i has one. */
+int store_get_fps(struct store *s, uint64_t file_id, uint64_t first,
+		  unsigned n, struct store_fp *fps, bool *present);
+
+/* Queued updates (never block on LMDB; -ENOMEM if the queue is full). */
+int store_put_page(struct store *s, const struct store_ident *id,
+		   uint64_t index, const struct store_fp *fp);
+/* The file was written through the mount: record its new identity and
+ * forget the fingerprints of pages [first, first + n) (n may be
+ * UINT64_MAX), which changed. */
+int store_file_changed(struct store *s, uint64_t dev, uint64_t ino,
+		       const struct store_ident *now, uint64_t first,
+		       uint64_t n);
+/* The file is gone (unlinked): drop all its records. */
+int store_forget_file(struct store *s, uint64_t dev, uint64_t ino);
+/* Wait until everything queued so far is committed (tests, unmount). */
+int store_sync(struct store *s);
+/* Background pass: drop records of files whose backing inode no longer
+ * exists under root_fd (checked by the caller's callback). */
+typedef bool (*store_exists_cb)(void *arg, uint64_t dev, uint64_t ino);
+int store_prune_missing(struct store *s, store_exists_cb exists, void *arg);
+
+void store_get_stats(struct store *s, struct store_stats *st);
+
+#endif
