@@ -380,4 +380,5 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	st->writeback_errors = atomic_load(&a->writeback_errors);
 	st->cow_breaks = atomic_load(&a->cow_breaks);
 	st->invalidations = atomic_load(&a->invalidations);
+	st->clone_shares = atomic_load(&a->clone_shares);
 }

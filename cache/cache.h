@@ -82,6 +82,7 @@ struct cache_stats {
 	uint64_t pages_unshared;       /* (g) one mapper, in a dedup tree */
 	uint64_t pages_volatile;       /* (g) written, not yet a candidate */
 	uint64_t rmap_bytes;           /* (g) mapper lists of shared frames */
+	uint64_t clone_shares;         /* pages shared by cache_clone_range */
 };
 
 int cache_create(const struct cache_config *cfg, struct cache **out);
@@ -152,6 +153,14 @@ int cache_truncate(struct cfile *f, uint64_t size);
 int cache_fallocate(struct cfile *f, int mode, uint64_t off, uint64_t len);
 /* lseek SEEK_DATA / SEEK_HOLE after writing back dirty pages. */
 off_t cache_lseek(struct cfile *f, off_t off, int whence);
+
+/* copy_file_range as a clone on the backing file system (FICLONERANGE):
+ * page-aligned offsets; len is cut to whole pages unless it ends at the
+ * source's EOF. The destination then maps the source's resident frames.
+ * Returns bytes cloned, or -errno: -EINVAL/-EOPNOTSUPP/-EXDEV/-ENOTTY mean
+ * "cannot clone this", and the caller copies instead. */
+ssize_t cache_clone_range(struct cfile *src, uint64_t soff, struct cfile *dst,
+			  uint64_t doff, size_t len);
 
 /* Write back dirty pages of the file; with datasync=false/true also
  * fsync/fdatasync the backing file. Returns a pending writeback error. */

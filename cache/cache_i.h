@@ -24,7 +24,7 @@
 struct cstat_atomic {
 	_Atomic uint64_t hits, misses, evictions, backing_read_bytes,
 		backing_write_bytes, backing_reads, backing_writes,
-		writeback_errors, cow_breaks, invalidations;
+		writeback_errors, cow_breaks, invalidations, clone_shares;
 };
 
 struct cfile_ident {

@@ -244,7 +244,7 @@ void dedup_get_stats(struct dedup *d, struct dedup_stats *st)
 	st->zero_pages = cs.zero_maps;
 	st->full_scans = atomic_load(&d->full_scans);
 	st->content_merges = atomic_load(&d->content_merges);
-	st->reflink_merges = atomic_load(&d->reflink_merges);
+	st->reflink_merges = atomic_load(&d->reflink_merges) + cs.clone_shares;
 	st->hashes_computed = atomic_load(&d->hashes_computed);
 	st->stable_chains = atomic_load(&d->stable_chains);
 	st->metadata_bytes = table_bytes;
