@@ -61,8 +61,9 @@ struct cfile {
 	int64_t dirtied_ns;
 	/* all files, under cache->files_lock */
 	struct cfile *all_next, *all_prev;
-	/* reflink extent map, owned by dedup (under pidx_lock) */
-	void *extents;
+	/* owned by dedup, under pidx_lock; freed with the cfile */
+	void *extents;                      /* reflink extent map */
+	void *persist;                      /* stored fingerprints window */
 };
 
 struct cache {

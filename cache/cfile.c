@@ -184,7 +184,10 @@ void cfile_put(struct cfile *f)
 	if (atomic_fetch_sub(&f->refs, 1) != 1)
 		return;
 	pthread_rwlock_wrlock(&f->inval_lock);
-	if (!atomic_load(&f->orphan)) {
+	if (atomic_load(&f->orphan)) {
+		if (c->share.file_gone)
+			c->share.file_gone(c->share.ctx, f);
+	} else {
 		err = cfile_writeback_locked(f);
 		if (err)
 			fprintf(stderr, "samepagefs: writeback of a closed file "
@@ -203,6 +206,7 @@ void cfile_put(struct cfile *f)
 	close(f->fd);
 	close(f->path_fd);
 	free(f->extents);
+	free(f->persist);
 	free(f);
 }
 

@@ -123,9 +123,12 @@ ssize_t cache_clone_range(struct cfile *src, uint64_t soff, struct cfile *dst,
 		ret = -errno;
 		goto out_unlock;
 	}
-	cfile_stat_ident(dst, &dst->ident);
 	pthread_rwlock_wrlock(&dst->pidx_lock);
+	cfile_stat_ident(dst, &dst->ident);
 	dst->size = dst->backing_size = dst->ident.size;
+	if (c->share.file_changed)
+		c->share.file_changed(c->share.ctx, dst,
+				      doff >> CACHE_PAGE_SHIFT, UINT64_MAX);
 	pthread_rwlock_unlock(&dst->pidx_lock);
 	atomic_store(&dst->mtime_ns, cache_now_ns());
 	atomic_fetch_add(&c->st.clone_shares,

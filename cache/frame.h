@@ -62,6 +62,7 @@ enum {
 	F_HASHED = 1u << 12,   /* fp holds the scanner's last checksum */
 	F_UNSTABLE = 1u << 13, /* in the scanner's unstable table */
 	F_PHYS = 1u << 14,     /* phys names a shared extent block */
+	F_PERSISTED = 1u << 15, /* fp is the one the store has for it */
 };
 
 struct mapping {
@@ -104,16 +105,24 @@ struct cache_share_ops {
 	/* A STABLE/UNSTABLE/PHYS frame is about to change or be freed: take it
 	 * out of dedup's tables. */
 	void (*forget)(void *ctx, uint32_t fid);
-	/* Before a fill: map (f, index) to a resident frame holding the same
-	 * physical block (reflink), or to the zero frame for an unwritten
-	 * extent. Returns that fid (mapped and counted) or 0. f's pidx_lock
-	 * is held for writing, map_lock is NOT (taken inside). */
-	uint32_t (*lookup_phys)(void *ctx, struct cfile *f, uint64_t index);
-	/* The fresh frame fid is about to be filled for (f, index): note its
-	 * physical block so that clones find it while the read is in
-	 * flight. Same locks as lookup_phys. */
-	void (*note_phys)(void *ctx, struct cfile *f, uint64_t index,
+	/* Before a fill: map (f, index) without I/O to a resident frame
+	 * known to hold the same data (same physical block of a reflink, or
+	 * the fingerprint persisted for this page), or to the zero frame for
+	 * an unwritten extent. Returns that fid (mapped and counted) or 0.
+	 * f's pidx_lock is held for writing, map_lock is NOT (taken inside). */
+	uint32_t (*lookup_fill)(void *ctx, struct cfile *f, uint64_t index);
+	/* The fresh frame fid is about to be filled for (f, index): note what
+	 * is known of it (physical block, persisted fingerprint). Same locks
+	 * as lookup_fill. */
+	void (*note_fill)(void *ctx, struct cfile *f, uint64_t index,
 			  uint32_t fid);
+	/* Pages [first, first + n) of f changed on disk through the mount
+	 * (writeback, truncate, punch, clone); f's identity is updated.
+	 * f's pidx_lock held for writing; map_lock NOT held. */
+	void (*file_changed)(void *ctx, struct cfile *f, uint64_t first,
+			     uint64_t n);
+	/* f is going away for good (unlinked); no lock held. */
+	void (*file_gone)(void *ctx, struct cfile *f);
 };
 
 struct frame_table {

@@ -67,8 +67,8 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 
 		if (!fid && idx[i] << CACHE_PAGE_SHIFT >= bsize) {
 			fid = FID_ZERO; /* past the backing EOF: no I/O */
-		} else if (!fid && c->share.lookup_phys) {
-			fid = c->share.lookup_phys(c->share.ctx, f, idx[i]);
+		} else if (!fid && c->share.lookup_fill) {
+			fid = c->share.lookup_fill(c->share.ctx, f, idx[i]);
 		}
 		if (fid) {
 			frame_pin(cache_frame(c, fid));
@@ -90,8 +90,8 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 		}
 		frame_set(cache_frame(c, fresh[i]), F_IO | F_REF);
 		frame_pin(cache_frame(c, fresh[i]));
-		if (c->share.note_phys)
-			c->share.note_phys(c->share.ctx, f, idx[i], fresh[i]);
+		if (c->share.note_fill)
+			c->share.note_fill(c->share.ctx, f, idx[i], fresh[i]);
 		out[i] = fresh[i];
 		io[i] = true;
 		nio++;
@@ -438,7 +438,8 @@ static uint32_t make_private(struct cfile *f, uint64_t index, uint32_t fid,
 	} else if (c->share.forget &&
 		   (frame_flags(fr) & (F_STABLE | F_UNSTABLE | F_PHYS))) {
 		c->share.forget(c->share.ctx, fid);
-		frame_clear(fr, F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED);
+		frame_clear(fr, F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED |
+				    F_PERSISTED);
 	}
 	pthread_mutex_unlock(&c->map_lock);
 	return nf;

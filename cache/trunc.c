@@ -35,15 +35,18 @@ static void zero_tail_page(struct cfile *f, uint64_t index, size_t from)
 }
 
 /* After a backing call on a written-back file, the disk has the truth. */
-static void adopt_backing_size(struct cfile *f)
+static void adopt_backing_size(struct cfile *f, uint64_t first)
 {
+	struct cache *c = f->cache;
 	struct cfile_ident id;
 
 	if (cfile_stat_ident(f, &id))
 		return;
-	f->ident = id;
 	pthread_rwlock_wrlock(&f->pidx_lock);
+	f->ident = id;
 	f->size = f->backing_size = id.size;
+	if (c->share.file_changed)
+		c->share.file_changed(c->share.ctx, f, first, UINT64_MAX);
 	pthread_rwlock_unlock(&f->pidx_lock);
 }
 
@@ -66,8 +69,12 @@ int cache_truncate(struct cfile *f, uint64_t size)
 	pthread_rwlock_wrlock(&f->pidx_lock);
 	f->size = size;
 	f->backing_size = size;
-	pthread_rwlock_unlock(&f->pidx_lock);
 	cfile_stat_ident(f, &f->ident);
+	if (f->cache->share.file_changed)
+		f->cache->share.file_changed(f->cache->share.ctx, f,
+					     size >> CACHE_PAGE_SHIFT,
+					     UINT64_MAX);
+	pthread_rwlock_unlock(&f->pidx_lock);
 	atomic_store(&f->mtime_ns, cache_now_ns());
 out_unlock:
 	pthread_rwlock_unlock(&f->inval_lock);
@@ -96,7 +103,7 @@ int cache_fallocate(struct cfile *f, int mode, uint64_t off, uint64_t len)
 		cfile_drop_pages_locked(f, first, end);
 	if (fallocate(f->fd, mode, (off_t)off, (off_t)len) < 0)
 		ret = -errno;
-	adopt_backing_size(f);
+	adopt_backing_size(f, first);
 	if (!ret)
 		atomic_store(&f->mtime_ns, cache_now_ns());
 out_unlock:

@@ -125,6 +125,7 @@ int cfile_writeback_locked(struct cfile *f)
 	struct iovec iov[WB_BATCH];
 	struct bio_req req[WB_BATCH];
 	uint64_t start = 0, size = 0, written_end = 0;
+	uint64_t first_page = UINT64_MAX, last_page = 0;
 	bool wrote = false;
 	int err = 0;
 	unsigned n;
@@ -151,6 +152,10 @@ int cfile_writeback_locked(struct cfile *f)
 				continue;
 			}
 			wrote = true;
+			if (req[r].off >> CACHE_PAGE_SHIFT < first_page)
+				first_page = req[r].off >> CACHE_PAGE_SHIFT;
+			if (idx[first + req[r].niov - 1] > last_page)
+				last_page = idx[first + req[r].niov - 1];
 			atomic_fetch_add(&c->st.backing_write_bytes,
 					 (uint64_t)res);
 			if (req[r].off + (uint64_t)res > written_end)
@@ -176,8 +181,16 @@ int cfile_writeback_locked(struct cfile *f)
 			err = -errno;
 		}
 	}
-	if (wrote)
+	if (wrote) {
 		cfile_stat_ident(f, &f->ident);
+		if (c->share.file_changed)
+			c->share.file_changed(c->share.ctx, f,
+					      first_page == UINT64_MAX ? 0
+								       : first_page,
+					      first_page == UINT64_MAX
+						      ? 0
+						      : last_page - first_page + 1);
+	}
 	pthread_rwlock_unlock(&f->pidx_lock);
 	if (err)
 		atomic_store(&f->wb_err, err);

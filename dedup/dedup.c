@@ -23,6 +23,7 @@ void dedup_config_defaults(struct dedup_config *cfg)
 	cfg->max_page_sharing = 256;
 	cfg->use_zero_pages = true;
 	cfg->smart_scan = true;
+	cfg->store_quota = 1ull << 30;
 }
 
 static uint64_t fp_key(void *arg, uint32_t fid)
@@ -52,7 +53,8 @@ static void hash_fill(void *ctx, struct frame *fr, const void *data)
 	struct dedup *d = ctx;
 	struct fp h;
 
-	if (d->scope == DEDUP_SCOPE_NONE)
+	if (d->scope == DEDUP_SCOPE_NONE ||
+	    (frame_flags(fr) & F_HASHED)) /* known from the store */
 		return;
 	fp_page(data, &h);
 	fr->fp[0] = h.lo;
@@ -141,11 +143,40 @@ static uint32_t merge_fill(void *ctx, struct cfile *f, uint64_t index,
 	if (d->scope == DEDUP_SCOPE_NONE ||
 	    !(frame_flags(cache_frame(d->c, fid)) & F_HASHED))
 		return fid;
+	persist_put(d, f, index, fid);
 	to = dedup_merge_stable(d, f, index, fid);
 	if (to)
 		return to;
 	dedup_make_stable(d, fid, dedup_scope_of(d, f));
 	return fid;
+}
+
+static uint32_t lookup_fill(void *ctx, struct cfile *f, uint64_t index)
+{
+	struct dedup *d = ctx;
+	uint32_t hit = reflink_lookup(d, f, index);
+
+	return hit ? hit : persist_lookup(d, f, index);
+}
+
+static void note_fill(void *ctx, struct cfile *f, uint64_t index,
+		      uint32_t fid)
+{
+	struct dedup *d = ctx;
+
+	reflink_note(d, f, index, fid);
+	persist_note(d, f, index, fid);
+}
+
+static void file_changed(void *ctx, struct cfile *f, uint64_t first,
+			 uint64_t n)
+{
+	persist_changed(ctx, f, first, n);
+}
+
+static void file_gone(void *ctx, struct cfile *f)
+{
+	persist_gone(ctx, f);
 }
 
 static void forget(void *ctx, uint32_t fid)
@@ -168,6 +199,10 @@ int dedup_create(struct cache *c, const struct dedup_config *cfg,
 		.hash_fill = hash_fill,
 		.merge_fill = merge_fill,
 		.forget = forget,
+		.lookup_fill = lookup_fill,
+		.note_fill = note_fill,
+		.file_changed = file_changed,
+		.file_gone = file_gone,
 	};
 	struct dedup *d;
 	int ret;
@@ -191,8 +226,15 @@ int dedup_create(struct cache *c, const struct dedup_config *cfg,
 	pthread_cond_init(&d->scan_cond, NULL);
 	pthread_cond_init(&d->scan_done, NULL);
 	d->cursor = FID_FIRST;
+	ret = persist_open(d, cfg);
+	if (ret) {
+		pthread_mutex_destroy(&d->scan_lock);
+		pthread_cond_destroy(&d->scan_cond);
+		pthread_cond_destroy(&d->scan_done);
+		free(d);
+		return ret;
+	}
 	ops.ctx = d;
-	dedup_reflink_ops(&ops);
 	cache_set_share_ops(c, &ops);
 	ret = dedup_scan_start(d);
 	if (ret) {
@@ -220,6 +262,7 @@ void dedup_destroy(struct dedup *d)
 	stree_fini(&d->unstable);
 	stree_fini(&d->phys);
 	pthread_mutex_unlock(&d->c->map_lock);
+	persist_close(d);
 	pthread_mutex_destroy(&d->scan_lock);
 	pthread_cond_destroy(&d->scan_cond);
 	pthread_cond_destroy(&d->scan_done);
@@ -248,6 +291,7 @@ void dedup_get_stats(struct dedup *d, struct dedup_stats *st)
 	st->hashes_computed = atomic_load(&d->hashes_computed);
 	st->stable_chains = atomic_load(&d->stable_chains);
 	st->metadata_bytes = table_bytes;
+	persist_stats(d, st);
 	/* Like KSM's general_profit: what sharing saves minus what it costs
 	 * (the tables and the rmap lists; the frame table is there anyway). */
 	st->general_profit = (int64_t)((cs.pages_sharing + cs.zero_maps) * PG) -

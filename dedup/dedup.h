@@ -43,6 +43,9 @@ struct dedup_config {
 	unsigned max_page_sharing;  /* mappers per frame at most */
 	bool     use_zero_pages;    /* merge zero pages into one frame */
 	bool     smart_scan;        /* skip pages that keep failing to merge */
+	const char *state_dir;      /* LMDB store; NULL: no persistence */
+	uint64_t store_quota;       /* bytes the store may use (0: default) */
+	bool     rebuild_state;     /* start afresh from an unusable store */
 };
 void dedup_config_defaults(struct dedup_config *cfg);
 
@@ -58,9 +61,17 @@ struct dedup_stats {
 	uint64_t hashes_computed;
 	uint64_t stable_chains;     /* extra frames made by max_page_sharing */
 	uint64_t metadata_bytes;    /* the trees (add the cache's own) */
+	uint64_t store_hits;        /* pages mapped by a stored fingerprint */
+	uint64_t store_files;       /* the whole store, resident or not */
+	uint64_t store_pages;
+	uint64_t store_distinct;
+	uint64_t store_bytes;
+	uint64_t store_paused;      /* 1: persistence paused after a failure */
 	int64_t  general_profit;    /* bytes saved minus dedup metadata */
 };
 
+/* Errors: those of the store (store.h: -EPROTO other format, -EBADMSG
+ * corrupt or not a store, -EACCES/-ENOTDIR for state_dir), -ENOMEM. */
 int dedup_create(struct cache *c, const struct dedup_config *cfg,
 		 struct dedup **out);
 void dedup_destroy(struct dedup *d);

@@ -8,6 +8,7 @@
 
 #include "dedup.h"
 #include "fp.h"
+#include "store.h"
 #include "stree.h"
 
 #include "cache_i.h"
@@ -25,6 +26,8 @@ struct dedup {
 	struct stree stable;                /* map_lock */
 	struct stree unstable;              /* map_lock */
 	struct stree phys;                  /* map_lock */
+	struct store *store;                /* NULL: no persistence */
+	_Atomic uint64_t store_hits;        /* pages mapped by a stored fp */
 	dev_t devs[DEDUP_MAX_DEVS];         /* map_lock: id - 1 -> device */
 	unsigned ndevs;
 	_Atomic uint64_t content_merges, reflink_merges, hashes_computed,
@@ -53,9 +56,37 @@ int dedup_remap(struct dedup *d, struct cfile *f, uint64_t index,
 /* Make fid a stable frame (one mapper). map_lock held. */
 void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope);
 
-/* reflink.c */
-void dedup_reflink_ops(struct cache_share_ops *ops);
+/* reflink.c: map (f, index) to the resident frame of its physical block
+ * (or the zero frame for an unwritten extent), or note a fill's block. */
+uint32_t reflink_lookup(struct dedup *d, struct cfile *f, uint64_t index);
+void reflink_note(struct dedup *d, struct cfile *f, uint64_t index,
+		  uint32_t fid);
 void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target);
+
+#ifndef SAMEPAGE_HAVE_STORE
+/* Built before the store module exists: no persistence. */
+#define persist_open(d, cfg) ((void)(d), (cfg)->state_dir ? -ENOTSUP : 0)
+#define persist_close(d) ((void)(d))
+#define persist_lookup(d, f, i) ((void)(d), (void)(f), (void)(i), 0u)
+#define persist_note(d, f, i, fid) ((void)(d), (void)(f), (void)(i), (void)(fid))
+#define persist_put(d, f, i, fid) ((void)(d), (void)(f), (void)(i), (void)(fid))
+#define persist_changed(d, f, a, n) ((void)(d), (void)(f), (void)(a), (void)(n))
+#define persist_gone(d, f) ((void)(d), (void)(f))
+#define persist_stats(d, st) ((void)(d), (void)(st))
+#else
+/* persist.c: the LMDB store seen from the cache's side */
+int persist_open(struct dedup *d, const struct dedup_config *cfg);
+void persist_close(struct dedup *d);
+uint32_t persist_lookup(struct dedup *d, struct cfile *f, uint64_t index);
+void persist_note(struct dedup *d, struct cfile *f, uint64_t index,
+		  uint32_t fid);
+void persist_put(struct dedup *d, struct cfile *f, uint64_t index,
+		 uint32_t fid);
+void persist_changed(struct dedup *d, struct cfile *f, uint64_t first,
+		     uint64_t n);
+void persist_gone(struct dedup *d, struct cfile *f);
+void persist_stats(struct dedup *d, struct dedup_stats *st);
+#endif
 
 int dedup_scan_start(struct dedup *d);
 void dedup_scan_stop(struct dedup *d);

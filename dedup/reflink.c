@@ -198,9 +198,8 @@ static bool phys_still_true(struct dedup *d, uint32_t fid)
 	return ident_same(&now, &m->ident);
 }
 
-static uint32_t lookup_phys(void *ctx, struct cfile *f, uint64_t index)
+uint32_t reflink_lookup(struct dedup *d, struct cfile *f, uint64_t index)
 {
-	struct dedup *d = ctx;
 	struct cache *c = d->c;
 	struct extmap *m;
 	enum page_kind kind;
@@ -257,10 +256,9 @@ out_unlock:
 	return hit;
 }
 
-static void note_phys(void *ctx, struct cfile *f, uint64_t index,
-		      uint32_t fid)
+void reflink_note(struct dedup *d, struct cfile *f, uint64_t index,
+		  uint32_t fid)
 {
-	struct dedup *d = ctx;
 	struct cache *c = d->c;
 	struct frame *fr = cache_frame(c, fid);
 	struct extmap *m = f->extents;
@@ -299,8 +297,3 @@ void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target)
 		frame_set(to, F_PHYS);
 }
 
-void dedup_reflink_ops(struct cache_share_ops *ops)
-{
-	ops->lookup_phys = lookup_phys;
-	ops->note_phys = note_phys;
-}
