@@ -335,6 +335,65 @@ static void test_eviction_of_shared_frames(void)
 	free_env(&e);
 }
 
+static char state_dir[300];
+
+static void tune_state(struct dedup_config *dc)
+{
+	dc->state_dir = state_dir;
+}
+
+static void test_warm_restart_reads_one_copy(void)
+{
+	struct env e;
+	struct cfile *f[8];
+	struct dedup_stats ds;
+	struct cache_stats cs;
+	unsigned char model[256 * PG];
+
+	snprintf(state_dir, sizeof(state_dir), "%s/state", testfs_dir);
+	e = new_env(64 << 20, tune_state);
+	copies("warm", 8, 256 * PG, 12, e.c, f);
+	for (int i = 0; i < 8; i++)
+		CHECK(matches(f[i], 0, 256 * PG, 12, NULL));
+	for (int i = 0; i < 8; i++)
+		cfile_put(f[i]);
+	free_env(&e); /* the store commits what is queued */
+
+	/* a file changed behind the mount keeps its size and mtime */
+	char path[512];
+	struct stat st;
+	snprintf(path, sizeof(path), "%s/warm5", testfs_dir);
+	REQUIRE(stat(path, &st) == 0);
+	testfs_fill(model, 0, sizeof(model), 12);
+	memcpy(model + 7 * PG, "changed behind", 14);
+	int fd = open(path, O_WRONLY);
+	REQUIRE(fd >= 0 && pwrite(fd, "changed behind", 14, 7 * PG) == 14);
+	struct timespec ts[2] = { st.st_atim, st.st_mtim };
+	REQUIRE(futimens(fd, ts) == 0);
+	close(fd);
+
+	e = new_env(64 << 20, tune_state);
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.store_files, 8); /* known at mount time */
+	for (int i = 0; i < 8; i++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "warm%d", i);
+		f[i] = open_file(e.c, name);
+	}
+	for (int i = 0; i < 8; i++)
+		CHECK(matches(f[i], 0, 256 * PG, 12, i == 5 ? model : NULL));
+	dedup_get_stats(e.d, &ds);
+	cache_get_stats(e.c, &cs);
+	/* one copy read, plus the changed file whose records were dropped */
+	CHECK(cs.backing_read_bytes <= 2 * 256 * PG);
+	CHECK(ds.store_hits >= 6 * 256);
+	CHECK(ds.hashes_computed <= 256 + 10);
+	for (int i = 0; i < 8; i++)
+		cfile_put(f[i]);
+	free_env(&e);
+}
+
 int main(void)
 {
 	testfs_init();
@@ -347,5 +406,6 @@ int main(void)
 	RUN(test_max_page_sharing_chains);
 	RUN(test_uid_scope_never_shares_across_owners);
 	RUN(test_eviction_of_shared_frames);
+	RUN(test_warm_restart_reads_one_copy);
 	return CHECK_DONE();
 }
