@@ -29,7 +29,9 @@ int cache_create(const struct cache_config *cfg, struct cache **out)
 	c->cfg = *cfg;
 	if (!c->cfg.writeback_ms)
 		c->cfg.writeback_ms = 5000;
-	limit = pages_of(cfg->size_bytes) + FID_FIRST;
+	/* + 1: the zero frame, which is never touched (the kernel's zero
+	 * page backs it) and so costs no memory */
+	limit = pages_of(cfg->size_bytes) + 1;
 	/* Reserve room to raise the budget at run time up to RAM size. */
 	capacity = phys > 0 ? pages_of((uint64_t)phys << CACHE_PAGE_SHIFT) : 0;
 	if (capacity < limit)
@@ -268,7 +270,7 @@ void cache_frame_release(struct cache *c, uint32_t fid)
 
 int cache_set_limit(struct cache *c, uint64_t bytes)
 {
-	uint32_t limit = pages_of(bytes) + FID_FIRST;
+	uint32_t limit = pages_of(bytes) + 1; /* see cache_create */
 	int ret = 0;
 
 	if (bytes < 16 * CACHE_PAGE_SIZE)
@@ -355,7 +357,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 
 	memset(st, 0, sizeof(*st));
 	pthread_mutex_lock(&c->map_lock);
-	st->cache_bytes = (uint64_t)c->ft.used << CACHE_PAGE_SHIFT;
+	st->cache_bytes = (uint64_t)(c->ft.used - 1) << CACHE_PAGE_SHIFT;
 	st->cache_limit_bytes = c->cfg.size_bytes;
 	st->metadata_bytes = (uint64_t)c->ft.high * sizeof(struct frame) +
 			     c->ft.rmap_bytes;

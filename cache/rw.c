@@ -661,14 +661,15 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		if (ret)
 			break;
 		done += n;
-	}
-	pthread_rwlock_unlock(&f->inval_lock);
-	if (done) {
-		atomic_store(&f->mtime_ns, cache_now_ns());
+		/* On the dirty list at once: a long write in a small cache
+		 * needs writeback to free frames before it ends. */
 		cache_wb_mark_dirty(c, f);
 		if (atomic_load(&c->nr_dirty) * 2 > c->ft.limit)
 			cache_wb_kick(c);
 	}
+	pthread_rwlock_unlock(&f->inval_lock);
+	if (done)
+		atomic_store(&f->mtime_ns, cache_now_ns());
 out_unlock:
 	pthread_mutex_unlock(&f->write_lock);
 	return done ? (ssize_t)done : ret;

@@ -197,6 +197,26 @@ int cfile_writeback_locked(struct cfile *f)
 	return err;
 }
 
+static void wb_list_del(struct cfile *f);
+
+/* A file written back by fsync/flush leaves the dirty list, so that its
+ * reference (and descriptors) go with the last close. */
+static void wb_forget_if_clean(struct cache *c, struct cfile *f)
+{
+	bool drop = false;
+
+	if (cfile_has_dirty(f))
+		return;
+	pthread_mutex_lock(&c->wb_lock);
+	if (f->on_wb_list && c->wb_started) {
+		wb_list_del(f);
+		drop = true;
+	}
+	pthread_mutex_unlock(&c->wb_lock);
+	if (drop)
+		cfile_put(f);
+}
+
 void cache_wb_mark_dirty(struct cache *c, struct cfile *f)
 {
 	pthread_mutex_lock(&c->wb_lock);
@@ -339,6 +359,7 @@ int cache_fsync(struct cfile *f, bool datasync)
 		return ret;
 	if ((datasync ? fdatasync(f->fd) : fsync(f->fd)) < 0)
 		return -errno;
+	wb_forget_if_clean(f->cache, f);
 	return pending;
 }
 
@@ -350,6 +371,8 @@ int cache_flush_file(struct cfile *f)
 	ret = cfile_writeback_locked(f);
 	pthread_rwlock_unlock(&f->inval_lock);
 	pending = atomic_exchange(&f->wb_err, 0);
+	if (!ret)
+		wb_forget_if_clean(f->cache, f);
 	return ret ? ret : pending;
 }
 

@@ -7,8 +7,10 @@
  * mount or behind it. A page inside an extent flagged SHARED has a
  * physical identity (device, block); a fresh frame filled from it is noted
  * in the physical table, so that a clone reading the same block maps that
- * frame without backing I/O and without hashing. Unwritten extents read
- * as zeros: they map to the zero frame without I/O.
+ * frame without backing I/O and without hashing. Extent maps are read with
+ * FIEMAP_FLAG_SYNC: data the backing file system still buffers (written
+ * behind the mount) is placed first, so a rewritten block never looks
+ * shared.
  *
  * Trust: a frame's physical identity stays true while some mapper still
  * holds that block. The frame's first mapper is checked (fstat) on every
@@ -69,6 +71,10 @@ static struct extmap *extmap_read(int fd, const struct cfile_ident *id)
 		q.fm.fm_start = start;
 		q.fm.fm_length = FIEMAP_MAX_OFFSET - start;
 		q.fm.fm_extent_count = FIEMAP_BATCH;
+		/* Flush what the backing file system still holds in its own
+		 * page cache (writes behind the mount): before that, a
+		 * rewritten block still looks shared, or unwritten. */
+		q.fm.fm_flags = FIEMAP_FLAG_SYNC;
 		if (ioctl(fd, FS_IOC_FIEMAP, &q.fm) < 0) {
 			m->unsupported = true;
 			m->n = 0;
@@ -126,7 +132,7 @@ static struct extmap *extmap_get(struct cfile *f)
 	return fresh;
 }
 
-enum page_kind { PAGE_PLAIN, PAGE_SHARED, PAGE_UNWRITTEN };
+enum page_kind { PAGE_PLAIN, PAGE_SHARED };
 
 /* What backs page index of f, and its physical byte address if shared. */
 static enum page_kind page_phys(struct extmap *m, uint64_t index,
@@ -156,9 +162,10 @@ static enum page_kind page_phys(struct extmap *m, uint64_t index,
 			if (off + PG > e->logical + e->length ||
 			    (e->physical | e->logical) & (PG - 1))
 				return PAGE_PLAIN;
-			if (e->flags & FIEMAP_EXTENT_UNWRITTEN)
-				return PAGE_UNWRITTEN;
-			if (!(e->flags & FIEMAP_EXTENT_SHARED))
+			/* Unwritten extents read as zeros through the normal
+			 * path (and merge into the zero frame there). */
+			if (!(e->flags & FIEMAP_EXTENT_SHARED) ||
+			    (e->flags & FIEMAP_EXTENT_UNWRITTEN))
 				return PAGE_PLAIN;
 			*phys = e->physical + (off - e->logical);
 			return PAGE_SHARED;
@@ -216,14 +223,6 @@ uint32_t reflink_lookup(struct dedup *d, struct cfile *f, uint64_t index)
 	if (kind == PAGE_PLAIN)
 		return 0;
 	pthread_mutex_lock(&c->map_lock);
-	if (kind == PAGE_UNWRITTEN) {
-		if (atomic_load(&d->use_zero_pages) &&
-		    !pidx_store(&f->pidx, index, FID_ZERO)) {
-			frame_add_mapper(&c->ft, FID_ZERO, f, index);
-			hit = FID_ZERO;
-		}
-		goto out_unlock;
-	}
 	devid = dev_id(d, f->ident.dev);
 	if (devid < 0)
 		goto out_unlock;

@@ -16,6 +16,9 @@
  *   fps    key  fingerprint                                (16 bytes)
  *          val  refs u64 (pages with this content) | file_id u64 |
  *               page index u64 (where one copy lives)     (24 bytes)
+ *               (file_id and index are all-ones once that copy is
+ *               dropped while other copies remain, until a new one is
+ *               recorded)
  *
  * A file's fingerprints are trusted only while its identity (device,
  * inode, size, mtime and ctime in ns) equals the stored one: any change,
@@ -27,11 +30,27 @@
  * writer) commits in batches (up to STORE_BATCH updates or 100 ms). Reads
  * use short read-only transactions on the caller's thread.
  *
+ * Read-your-invalidations: from the moment store_file_changed() or
+ * store_forget_file() returns until that update is committed,
+ * store_get_fps() reports no page of the file (were the update dropped
+ * because persistence paused, it stays so), so a fingerprint the daemon
+ * has made wrong is never handed out. Puts need no such care: a page
+ * not yet committed is merely not known.
+ *
  * Failures: a full map grows it (up to the quota), a full quota prunes
  * the fingerprints least likely to pay (unique pages of the files used
  * longest ago) first, and a commit that still fails (full disk, read-only
  * state directory) pauses persistence with one logged warning: the mount
- * keeps serving correct data, only without persistence.
+ * keeps serving correct data, only without persistence. Paused, the
+ * update calls return 0 without queueing and reads go on from what was
+ * committed.
+ *
+ * Ownership: an open store holds an exclusive flock() on its directory,
+ * so it is checked before LMDB maps it (LMDB trusts its file; a damaged
+ * one must not crash the daemon) and rebuilt only while nobody uses it.
+ * A directory another daemon holds (for 2 s), or one on a read-only file
+ * system, still opens: with persistence paused from the start (reading
+ * what the read-only store holds).
  *
  * Locking: the queue has its own mutex; map resizing holds a rwlock
  * exclusively against readers (mdb_env_set_mapsize needs no live txn).
@@ -40,6 +59,8 @@
  * -EPROTO for a store of another format version or page size, -EBADMSG
  * for a file that is not an LMDB store or is corrupt. With rebuild set,
  * an unusable store is removed and created afresh instead.
+ * Other calls: -EAGAIN when LMDB's reader table is full (512 readers),
+ * -EBADMSG for a record of the wrong size.
  */
 #ifndef SAMEPAGE_STORE_H
 #define SAMEPAGE_STORE_H
@@ -50,6 +71,8 @@
 
 #define STORE_FORMAT 1u
 #define STORE_BATCH 4096u
+/* quota_bytes 0 means this; less than 4 MiB is raised to 4 MiB. */
+#define STORE_DEFAULT_QUOTA (1ull << 30)
 
 struct store;
 
@@ -91,7 +114,8 @@ int store_file_match(struct store *s, const struct store_ident *id,
 int store_get_fps(struct store *s, uint64_t file_id, uint64_t first,
 		  unsigned n, struct store_fp *fps, bool *present);
 
-/* Queued updates (never block on LMDB; -ENOMEM if the queue is full). */
+/* Queued updates (never block on LMDB; -ENOMEM if the queue is full;
+ * 0 without queueing while persistence is paused). */
 int store_put_page(struct store *s, const struct store_ident *id,
 		   uint64_t index, const struct store_fp *fp);
 /* The file was written through the mount: record its new identity and
@@ -102,7 +126,8 @@ int store_file_changed(struct store *s, uint64_t dev, uint64_t ino,
 		       uint64_t n);
 /* The file is gone (unlinked): drop all its records. */
 int store_forget_file(struct store *s, uint64_t dev, uint64_t ino);
-/* Wait until everything queued so far is committed (tests, unmount). */
+/* Wait until everything queued so far is committed (tests, unmount).
+ * 0, or the -errno that paused persistence. */
 int store_sync(struct store *s);
 /* Background pass: drop records of files whose backing inode no longer
  * exists under root_fd (checked by the caller's callback). */

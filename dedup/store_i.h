@@ -1,0 +1,240 @@
+/*
+ * store_i: the insides of struct store, shared by store.c (open, close,
+ * the caller-side API), store_txn.c (LMDB error mapping, the transaction
+ * wrapper, record codecs), store_writer.c (the writer thread: batches, map
+ * growth, quota pruning) and store_check.c (the file check before open).
+ *
+ * Locking (never nested; no LMDB call is made under q_lock):
+ *   q_lock    the queue, the sequence numbers, stop/sync flags, the mask
+ *             table and the paused state.
+ *   map_lock  rwlock: every read transaction of this process holds it
+ *             shared; the writer takes it exclusive to resize the map
+ *             (mdb_env_set_mapsize needs no live transaction in the
+ *             process). Write transactions run only on the writer thread,
+ *             which is also the only resizer, so they need no lock.
+ *
+ * Masks: an update that invalidates fingerprints (a write through the
+ * mount, an unlink) is queued, so for up to one batch period the committed
+ * store still holds the old fingerprints. The cache trusts a stored
+ * fingerprint without comparing content, so until the update commits the
+ * file's id is masked: store_get_fps() reports no page. A mask is checked
+ * *before* the read transaction begins and removed only *after* the commit,
+ * so a reader either sees the mask or a snapshot with the update in it.
+ * Masks of updates that never commit (persistence paused) stay forever.
+ */
+#ifndef SAMEPAGE_STORE_I_H
+#define SAMEPAGE_STORE_I_H
+
+#include "store.h"
+
+#include <endian.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+/* The page size fingerprints are taken over; stored in meta. */
+#define STORE_PAGE_SIZE 4096u
+/* Updates waiting for the writer; puts beyond this get -ENOMEM. Updates
+ * that invalidate fingerprints may use twice as much (see store_enqueue). */
+#define STORE_QUEUE_MAX (1u << 20)
+/* Longest an update waits before the writer commits it. */
+#define STORE_BATCH_MS 100
+/* Map size to start with; doubled on MDB_MAP_FULL up to the quota. */
+#define STORE_MAP_INITIAL (8ull << 20)
+/* Smallest quota accepted: one full batch of new records must fit. */
+#define STORE_QUOTA_MIN (4ull << 20)
+/* Prune when the live pages pass HIGH percent of the quota, down to LOW. */
+#define STORE_PRUNE_HIGH 90u
+#define STORE_PRUNE_LOW 70u
+/* A match refreshes last_used_s at most this often (seconds). */
+#define STORE_TOUCH_S 1
+/* fps.where when the recorded copy was dropped and no other is known. */
+#define STORE_WHERE_NONE UINT64_MAX
+/* Seq of a mask that no commit will lift. */
+#define STORE_SEQ_NEVER UINT64_MAX
+
+enum store_db { SDB_META, SDB_FILES, SDB_PAGES, SDB_FPS, SDB_COUNT };
+
+/* Keys of the meta database (no terminating NUL is stored). */
+#define STORE_META_FORMAT "format"
+#define STORE_META_PAGE_SIZE "page_size"
+#define STORE_META_NEXT_FID "next_file_id"
+#define STORE_KEYLEN(lit) (sizeof(lit) - 1)
+
+enum store_op_kind {
+	SOP_PUT,          /* id, a = index, fp */
+	SOP_CHANGED,      /* id = new identity, a = first, b = n */
+	SOP_FORGET,       /* id.dev, id.ino */
+	SOP_FORGET_STALE, /* id: drop the record unless it has this identity */
+	SOP_TOUCH,        /* id, a = now (s): refresh last_used_s */
+};
+
+struct store_op {
+	uint32_t kind;
+	struct store_ident id;
+	uint64_t a, b;
+	struct store_fp fp;
+};
+
+struct store_queue {
+	struct store_op *ops;
+	size_t len, cap;
+};
+
+/* Open-addressing table of masked file ids (fid 0 is never used). */
+struct store_mask {
+	uint64_t fid;
+	uint64_t seq;     /* lifted once done_seq >= seq */
+};
+
+struct store {
+	MDB_env *env;                       /* NULL: detached (no store) */
+	MDB_dbi dbi[SDB_COUNT];             /* immutable after open */
+	bool have_dbs;                      /* immutable: false in an empty
+					     * store opened read-only */
+	bool readonly;                      /* immutable: no writer thread */
+	char *dir;                          /* immutable */
+	int dir_fd;                         /* holds the flock; -1 if none */
+	uint64_t quota;                     /* immutable */
+	unsigned psize;                     /* immutable: LMDB page size */
+	pthread_rwlock_t map_lock;
+
+	pthread_mutex_t q_lock;
+	pthread_cond_t q_wake;              /* writer: work or stop */
+	pthread_cond_t q_done;              /* syncers: done_seq moved */
+	struct store_queue q;               /* q_lock */
+	uint64_t q_seq;                     /* q_lock: seq of the last op */
+	uint64_t done_seq;                  /* q_lock: all ops <= are done */
+	struct timespec q_first;            /* q_lock: when q became non-empty */
+	bool sync_req, stop;                /* q_lock */
+	bool paused;                        /* q_lock (read racily in stats) */
+	int pause_err;                      /* q_lock: -errno that paused */
+	struct store_mask *masks;           /* q_lock */
+	size_t mask_cap, mask_len;          /* q_lock */
+	uint64_t mask_all;                  /* q_lock: every fid masked while
+					     * done_seq < mask_all */
+
+	pthread_t writer;
+	bool writer_started;                /* immutable after open */
+
+	_Atomic uint64_t commits, commit_errors, pruned_pages, queue_full;
+};
+
+/* ---- store_txn.c ---- */
+
+/* The one place MDB_* codes become -errno. */
+int store_errno(int mdb_rc);
+
+/*
+ * Transaction wrapper with a sticky error: after the first failure every
+ * further step is a no-op and commit aborts, so callers check once.
+ * rc keeps the raw LMDB code so the writer can tell MDB_MAP_FULL apart.
+ */
+struct stxn {
+	struct store *s;
+	MDB_txn *txn;
+	MDB_cursor *cur[SDB_COUNT];
+	int rc;
+	bool write;
+	bool locked;                        /* holds map_lock shared */
+};
+
+void stxn_begin(struct store *s, struct stxn *t, bool write);
+/* Copy the value of key into val (exactly vlen bytes). False if absent or
+ * after an error; a value of another size is MDB_CORRUPTED. */
+bool stxn_get(struct stxn *t, enum store_db db, const void *key, size_t klen,
+	      void *val, size_t vlen);
+void stxn_put(struct stxn *t, enum store_db db, const void *key, size_t klen,
+	      const void *val, size_t vlen);
+/* Delete key; a missing key is not an error. */
+void stxn_del(struct stxn *t, enum store_db db, const void *key, size_t klen);
+/* The first record with key >= *key (op MDB_SET_RANGE) or the one after
+ * the cursor (MDB_NEXT); key and value are copied and must have exactly
+ * klen/vlen bytes. False at the end or after an error. */
+bool stxn_seek(struct stxn *t, enum store_db db, MDB_cursor_op op,
+	       void *key, size_t klen, void *val, size_t vlen);
+/* Entries of a database (0 after an error). */
+uint64_t stxn_entries(struct stxn *t, enum store_db db);
+/* Bytes of the pages in use by every tree, metas included. */
+uint64_t stxn_used_bytes(struct stxn *t);
+int stxn_commit(struct stxn *t);
+void stxn_abort(struct stxn *t);
+/* Fail the transaction with an LMDB or system code (if not failed yet). */
+void stxn_fail(struct stxn *t, int mdb_rc);
+
+/* Records (big-endian, see store.h). */
+struct store_file_rec {
+	uint64_t fid, size;
+	int64_t mtime_ns, ctime_ns;
+	uint64_t last_used_s;
+};
+#define STORE_FILE_KEY 16
+#define STORE_FILE_VAL 40
+#define STORE_PAGE_KEY 16
+#define STORE_PAGE_VAL 16
+#define STORE_FP_KEY 16
+#define STORE_FP_VAL 24
+
+static inline void store_be64(uint8_t *p, uint64_t v)
+{
+	v = htobe64(v);
+	memcpy(p, &v, 8);
+}
+
+static inline uint64_t store_get64(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, 8);
+	return be64toh(v);
+}
+
+static inline void store_be32(uint8_t *p, uint32_t v)
+{
+	v = htobe32(v);
+	memcpy(p, &v, 4);
+}
+
+static inline uint32_t store_get32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, 4);
+	return be32toh(v);
+}
+
+static inline void store_key2(uint8_t k[16], uint64_t a, uint64_t b)
+{
+	store_be64(k, a);
+	store_be64(k + 8, b);
+}
+
+void store_file_enc(uint8_t v[STORE_FILE_VAL], const struct store_file_rec *r);
+void store_file_dec(const uint8_t v[STORE_FILE_VAL], struct store_file_rec *r);
+bool store_file_is(const struct store_file_rec *r, const struct store_ident *id);
+void store_fp_key(uint8_t k[STORE_FP_KEY], const struct store_fp *fp);
+void store_fp_dec(const uint8_t v[STORE_PAGE_VAL], struct store_fp *fp);
+
+/* ---- store_writer.c ---- */
+
+void *store_writer_main(void *arg);
+/* Log once and stop persisting: drop the queue, accept no more updates. */
+void store_pause(struct store *s, int err, const char *what);
+
+/* ---- store.c ---- */
+
+/* Lift masks whose update is now committed (q_lock held). */
+void store_masks_lift(struct store *s);
+
+/* ---- store_check.c ---- */
+
+/*
+ * Walk the newest snapshot of an LMDB data file the way LMDB would reach
+ * it and refuse anything it could trip over. 0: safe to open (or the file
+ * is empty: LMDB creates a new one); -EBADMSG: damaged or not a store of
+ * ours; other -errno: the file could not be read.
+ */
+int store_check_file(const char *path);
+
+#endif

@@ -1,0 +1,313 @@
+/*
+ * store_txn: LMDB error mapping, the transaction wrapper with a sticky
+ * error, and the record codecs of the store. See store_i.h.
+ */
+#include "store_i.h"
+
+#include <errno.h>
+
+int store_errno(int rc)
+{
+	switch (rc) {
+	case MDB_SUCCESS:
+		return 0;
+	case MDB_NOTFOUND:
+		return -ENOENT;
+	case MDB_KEYEXIST:
+		return -EEXIST;
+	case MDB_MAP_FULL:
+	case MDB_TXN_FULL:
+	case MDB_PAGE_FULL:
+	case MDB_CURSOR_FULL:
+		return -ENOSPC;
+	case MDB_READERS_FULL:
+	case MDB_TLS_FULL:
+	case MDB_MAP_RESIZED:
+		return -EAGAIN;
+	case MDB_DBS_FULL:
+		return -EMFILE;
+	case MDB_INVALID:
+	case MDB_CORRUPTED:
+	case MDB_PAGE_NOTFOUND:
+	case MDB_VERSION_MISMATCH:
+		return -EBADMSG;
+	case MDB_INCOMPATIBLE:
+		return -EPROTO;
+	case MDB_BAD_RSLOT:
+	case MDB_BAD_TXN:
+	case MDB_BAD_VALSIZE:
+	case MDB_BAD_DBI:
+		return -EINVAL;
+	case MDB_PANIC:
+		return -EIO;
+	default:
+		/* System errors come as positive errno values. */
+		return rc > 0 ? -rc : -EIO;
+	}
+}
+
+void stxn_fail(struct stxn *t, int rc)
+{
+	if (!t->rc)
+		t->rc = rc;
+}
+
+/* Another process grew the map: adopt its size (no txn of ours is live
+ * while we hold map_lock exclusively). */
+static void stxn_adopt_mapsize(struct store *s)
+{
+	pthread_rwlock_wrlock(&s->map_lock);
+	mdb_env_set_mapsize(s->env, 0);
+	pthread_rwlock_unlock(&s->map_lock);
+}
+
+void stxn_begin(struct store *s, struct stxn *t, bool write)
+{
+	int rc;
+
+	memset(t, 0, sizeof(*t));
+	t->s = s;
+	t->write = write;
+	if (!s->env) {
+		t->rc = EINVAL;
+		return;
+	}
+	for (int tries = 0;; tries++) {
+		if (!write) {
+			pthread_rwlock_rdlock(&s->map_lock);
+			t->locked = true;
+		}
+		rc = mdb_txn_begin(s->env, NULL, write ? 0 : MDB_RDONLY,
+				   &t->txn);
+		if (rc != MDB_MAP_RESIZED || tries)
+			break;
+		if (t->locked) {
+			pthread_rwlock_unlock(&s->map_lock);
+			t->locked = false;
+		}
+		stxn_adopt_mapsize(s);
+	}
+	if (rc) {
+		t->txn = NULL;
+		t->rc = rc;
+		if (t->locked) {
+			pthread_rwlock_unlock(&s->map_lock);
+			t->locked = false;
+		}
+	}
+}
+
+static void stxn_close_cursors(struct stxn *t)
+{
+	for (int i = 0; i < SDB_COUNT; i++) {
+		if (t->cur[i])
+			mdb_cursor_close(t->cur[i]);
+		t->cur[i] = NULL;
+	}
+}
+
+static void stxn_end(struct stxn *t)
+{
+	t->txn = NULL;
+	if (t->locked)
+		pthread_rwlock_unlock(&t->s->map_lock);
+	t->locked = false;
+}
+
+void stxn_abort(struct stxn *t)
+{
+	if (t->txn) {
+		stxn_close_cursors(t);
+		mdb_txn_abort(t->txn);
+	}
+	stxn_end(t);
+}
+
+int stxn_commit(struct stxn *t)
+{
+	int rc;
+
+	if (!t->txn) {
+		stxn_end(t);
+		return store_errno(t->rc ? t->rc : EINVAL);
+	}
+	stxn_close_cursors(t);
+	if (t->rc) {
+		mdb_txn_abort(t->txn);
+		stxn_end(t);
+		return store_errno(t->rc);
+	}
+	rc = mdb_txn_commit(t->txn);
+	stxn_end(t);
+	if (rc)
+		t->rc = rc;
+	return store_errno(rc);
+}
+
+/* An empty store opened read-only has no databases: nothing is found. */
+static bool stxn_usable(struct stxn *t)
+{
+	if (t->rc)
+		return false;
+	if (!t->s->have_dbs) {
+		t->rc = MDB_NOTFOUND;
+		return false;
+	}
+	return true;
+}
+
+bool stxn_get(struct stxn *t, enum store_db db, const void *key, size_t klen,
+	      void *val, size_t vlen)
+{
+	MDB_val k = { klen, (void *)key }, v;
+	int rc;
+
+	if (!stxn_usable(t))
+		return false;
+	rc = mdb_get(t->txn, t->s->dbi[db], &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return false;
+	if (rc) {
+		t->rc = rc;
+		return false;
+	}
+	if (v.mv_size != vlen) {
+		t->rc = MDB_CORRUPTED;
+		return false;
+	}
+	memcpy(val, v.mv_data, vlen);
+	return true;
+}
+
+void stxn_put(struct stxn *t, enum store_db db, const void *key, size_t klen,
+	      const void *val, size_t vlen)
+{
+	MDB_val k = { klen, (void *)key }, v = { vlen, (void *)val };
+	int rc;
+
+	if (!stxn_usable(t))
+		return;
+	rc = mdb_put(t->txn, t->s->dbi[db], &k, &v, 0);
+	if (rc)
+		t->rc = rc;
+}
+
+void stxn_del(struct stxn *t, enum store_db db, const void *key, size_t klen)
+{
+	MDB_val k = { klen, (void *)key };
+	int rc;
+
+	if (!stxn_usable(t))
+		return;
+	rc = mdb_del(t->txn, t->s->dbi[db], &k, NULL);
+	if (rc && rc != MDB_NOTFOUND)
+		t->rc = rc;
+}
+
+bool stxn_seek(struct stxn *t, enum store_db db, MDB_cursor_op op,
+	       void *key, size_t klen, void *val, size_t vlen)
+{
+	MDB_val k = { klen, key }, v;
+	int rc;
+
+	if (!stxn_usable(t))
+		return false;
+	if (!t->cur[db]) {
+		rc = mdb_cursor_open(t->txn, t->s->dbi[db], &t->cur[db]);
+		if (rc) {
+			t->cur[db] = NULL;
+			t->rc = rc;
+			return false;
+		}
+	}
+	rc = mdb_cursor_get(t->cur[db], &k, &v, op);
+	if (rc == MDB_NOTFOUND)
+		return false;
+	if (rc) {
+		t->rc = rc;
+		return false;
+	}
+	if (k.mv_size != klen || v.mv_size != vlen) {
+		t->rc = MDB_CORRUPTED;
+		return false;
+	}
+	memcpy(key, k.mv_data, klen);
+	memcpy(val, v.mv_data, vlen);
+	return true;
+}
+
+uint64_t stxn_entries(struct stxn *t, enum store_db db)
+{
+	MDB_stat st;
+	int rc;
+
+	if (!stxn_usable(t))
+		return 0;
+	rc = mdb_stat(t->txn, t->s->dbi[db], &st);
+	if (rc) {
+		t->rc = rc;
+		return 0;
+	}
+	return st.ms_entries;
+}
+
+/*
+ * Live pages, not the file's high-water mark: LMDB never shrinks
+ * data.mdb, it reuses freed pages, so only the pages the trees hold say
+ * whether pruning made room. dbi 0 is LMDB's free-page tree, 1 the main
+ * tree; pages 0 and 1 are the metas.
+ */
+uint64_t stxn_used_bytes(struct stxn *t)
+{
+	uint64_t pages = 2;
+	MDB_stat st;
+
+	if (t->rc)
+		return 0;
+	for (int i = -2; i < SDB_COUNT; i++) {
+		MDB_dbi dbi = i < 0 ? (MDB_dbi)(i + 2) : t->s->dbi[i];
+
+		if (i >= 0 && !t->s->have_dbs)
+			break;
+		if (mdb_stat(t->txn, dbi, &st))
+			continue;
+		pages += st.ms_branch_pages + st.ms_leaf_pages +
+			 st.ms_overflow_pages;
+	}
+	return pages * t->s->psize;
+}
+
+void store_file_enc(uint8_t v[STORE_FILE_VAL], const struct store_file_rec *r)
+{
+	store_be64(v, r->fid);
+	store_be64(v + 8, r->size);
+	store_be64(v + 16, (uint64_t)r->mtime_ns);
+	store_be64(v + 24, (uint64_t)r->ctime_ns);
+	store_be64(v + 32, r->last_used_s);
+}
+
+void store_file_dec(const uint8_t v[STORE_FILE_VAL], struct store_file_rec *r)
+{
+	r->fid = store_get64(v);
+	r->size = store_get64(v + 8);
+	r->mtime_ns = (int64_t)store_get64(v + 16);
+	r->ctime_ns = (int64_t)store_get64(v + 24);
+	r->last_used_s = store_get64(v + 32);
+}
+
+bool store_file_is(const struct store_file_rec *r, const struct store_ident *id)
+{
+	return r->size == id->size && r->mtime_ns == id->mtime_ns &&
+	       r->ctime_ns == id->ctime_ns;
+}
+
+void store_fp_key(uint8_t k[STORE_FP_KEY], const struct store_fp *fp)
+{
+	store_key2(k, fp->lo, fp->hi);
+}
+
+void store_fp_dec(const uint8_t v[STORE_PAGE_VAL], struct store_fp *fp)
+{
+	fp->lo = store_get64(v);
+	fp->hi = store_get64(v + 8);
+}

@@ -1,0 +1,643 @@
+/*
+ * test_store: the LMDB store without FUSE. Round trips across reopen,
+ * identity checks, refcounts, quota pruning, damaged and foreign stores,
+ * a read-only state directory, a crash of the writer, batching.
+ */
+#include "check.h"
+#include "testfs.h"
+
+#include "store.h"
+
+#include <lmdb.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+
+#define PG 4096u
+
+static const char *root;
+
+/* A fresh directory for one test case. */
+static const char *case_dir(const char *name)
+{
+	static char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", root, name);
+	return path;
+}
+
+static struct store_ident ident(uint64_t ino, uint64_t size)
+{
+	return (struct store_ident){ .dev = 42, .ino = ino, .size = size,
+				     .mtime_ns = 1000000000ll * (int64_t)ino,
+				     .ctime_ns = 2000000000ll * (int64_t)ino };
+}
+
+static struct store_fp fp_of(unsigned seed, uint64_t i)
+{
+	uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed * 0xBF58476D1CE4E5B9ull;
+
+	x ^= x >> 29;
+	return (struct store_fp){ x, ~x ^ seed };
+}
+
+static struct store *open_ok(const char *dir, uint64_t quota)
+{
+	struct store *s = NULL;
+	int ret = store_open(dir, quota, false, &s);
+
+	if (ret)
+		fprintf(stderr, "store_open(%s): %s\n", dir, strerror(-ret));
+	REQUIRE(ret == 0 && s);
+	return s;
+}
+
+static void put_range(struct store *s, const struct store_ident *id,
+		      uint64_t first, uint64_t n, unsigned seed)
+{
+	for (uint64_t i = first; i < first + n; i++) {
+		struct store_fp fp = fp_of(seed, i);
+
+		REQUIRE(store_put_page(s, id, i, &fp) == 0);
+	}
+}
+
+/* How many of pages [first, first + n) have a stored fingerprint, and
+ * whether every one found is fp_of(seed, index). */
+static unsigned count_fps(struct store *s, uint64_t fid, uint64_t first,
+			  unsigned n, unsigned seed, bool *right)
+{
+	static struct store_fp fps[4096];
+	static bool present[4096];
+	unsigned found = 0;
+
+	REQUIRE(n <= 4096);
+	*right = true;
+	if (store_get_fps(s, fid, first, n, fps, present))
+		return 0;
+	for (unsigned i = 0; i < n; i++) {
+		struct store_fp want = fp_of(seed, first + i);
+
+		if (!present[i])
+			continue;
+		found++;
+		if (fps[i].lo != want.lo || fps[i].hi != want.hi)
+			*right = false;
+	}
+	return found;
+}
+
+static void test_round_trip_survives_reopen(void)
+{
+	const char *dir = case_dir("roundtrip/state/sub");
+	struct store_ident a = ident(1, 10 * PG), b = ident(2, 3 * PG);
+	struct store_stats st;
+	struct store *s;
+	uint64_t fa, fb;
+	bool right;
+
+	s = open_ok(dir, 0);
+	put_range(s, &a, 0, 10, 1);
+	put_range(s, &b, 0, 3, 2);
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_file_match(s, &a, &fa), 0);
+	CHECK_EQ(count_fps(s, fa, 0, 64, 1, &right), 10);
+	CHECK(right);
+	store_close(s);
+
+	s = open_ok(dir, 0);
+	CHECK_EQ(store_file_match(s, &a, &fa), 0);
+	CHECK_EQ(store_file_match(s, &b, &fb), 0);
+	CHECK(fa != fb);
+	CHECK_EQ(count_fps(s, fa, 0, 16, 1, &right), 10);
+	CHECK(right);
+	CHECK_EQ(count_fps(s, fa, 4, 3, 1, &right), 3);
+	CHECK(right);
+	CHECK_EQ(count_fps(s, fb, 0, 16, 2, &right), 3);
+	CHECK(right);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.files, 2);
+	CHECK_EQ(st.pages, 13);
+	CHECK_EQ(st.distinct, 13);
+	CHECK(!st.paused);
+	store_close(s);
+
+	/* Read-only, as samepagectl opens it. */
+	CHECK_EQ(store_open_readonly(dir, &s), 0);
+	if (s) {
+		CHECK_EQ(store_file_match(s, &b, &fb), 0);
+		CHECK_EQ(count_fps(s, fb, 0, 16, 2, &right), 3);
+		store_get_stats(s, &st);
+		CHECK_EQ(st.pages, 13);
+		store_close(s);
+	}
+	CHECK_EQ(store_open_readonly(case_dir("nonexistent"), &s), -ENOENT);
+}
+
+static void check_mismatch(struct store *s, const struct store_ident *good,
+			   struct store_ident bad)
+{
+	struct store_stats st;
+	uint64_t fid;
+
+	put_range(s, good, 0, 4, 3);
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_file_match(s, good, &fid), 0);
+	CHECK_EQ(store_file_match(s, &bad, &fid), -ESTALE);
+	CHECK_EQ(store_sync(s), 0);
+	/* The records are gone, whichever identity asks. */
+	CHECK_EQ(store_file_match(s, good, &fid), -ENOENT);
+	CHECK_EQ(store_file_match(s, &bad, &fid), -ENOENT);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.files, 0);
+	CHECK_EQ(st.pages, 0);
+	CHECK_EQ(st.distinct, 0);
+}
+
+static void test_identity_mismatch_is_stale(void)
+{
+	struct store *s = open_ok(case_dir("ident"), 0);
+	struct store_ident id = ident(7, 4 * PG), bad;
+
+	bad = id;
+	bad.size += 1;
+	check_mismatch(s, &id, bad);
+	bad = id;
+	bad.mtime_ns += 1;
+	check_mismatch(s, &id, bad);
+	bad = id;
+	bad.ctime_ns += 1;          /* mtime put back, ctime moved */
+	check_mismatch(s, &id, bad);
+	store_close(s);
+}
+
+static void test_file_changed_drops_range_keeps_rest(void)
+{
+	struct store *s = open_ok(case_dir("changed"), 0);
+	struct store_ident id = ident(9, 10 * PG), now;
+	uint64_t fid, fid2;
+	bool right;
+
+	put_range(s, &id, 0, 10, 4);
+	CHECK_EQ(store_sync(s), 0);
+	REQUIRE(store_file_match(s, &id, &fid) == 0);
+
+	now = id;
+	now.mtime_ns += 5;
+	now.ctime_ns += 5;
+	CHECK_EQ(store_file_changed(s, id.dev, id.ino, &now, 3, 2), 0);
+	/* Not committed yet, yet the changed pages are never handed out. */
+	{
+		struct store_fp fps[10];
+		bool present[10];
+
+		CHECK_EQ(store_get_fps(s, fid, 0, 10, fps, present), 0);
+		CHECK(!present[3] && !present[4]);
+	}
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_file_match(s, &now, &fid2), 0);
+	CHECK_EQ(fid2, fid);
+	CHECK_EQ(count_fps(s, fid, 0, 3, 4, &right), 3);
+	CHECK_EQ(count_fps(s, fid, 3, 2, 4, &right), 0);
+	CHECK_EQ(count_fps(s, fid, 5, 5, 4, &right), 5);
+	CHECK(right);
+
+	/* Truncated to 6 pages: the tail goes too. */
+	id = now;
+	now.size = 6 * PG;
+	now.ctime_ns += 5;
+	CHECK_EQ(store_file_changed(s, id.dev, id.ino, &now, 0, 1), 0);
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(count_fps(s, fid, 0, 10, 4, &right), 3);  /* 1, 2, 5 */
+	CHECK(right);
+
+	/* Everything from page 2 on. */
+	id = now;
+	now.ctime_ns += 5;
+	CHECK_EQ(store_file_changed(s, id.dev, id.ino, &now, 2, UINT64_MAX), 0);
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(count_fps(s, fid, 0, 10, 4, &right), 1);
+
+	/* Unlinked: gone at once for readers, and for good after commit. */
+	CHECK_EQ(store_forget_file(s, now.dev, now.ino), 0);
+	CHECK_EQ(count_fps(s, fid, 0, 10, 4, &right), 0);
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_file_match(s, &now, &fid2), -ENOENT);
+
+	/* A match with an identity older than the stored one is stale
+	 * too: the record goes. */
+	put_range(s, &now, 0, 2, 4);
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_file_match(s, &id, &fid2), -ESTALE);
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_file_match(s, &now, &fid2), -ENOENT);
+	store_close(s);
+}
+
+static void test_refcounts_follow_put_overwrite_forget(void)
+{
+	struct store *s = open_ok(case_dir("refs"), 0);
+	struct store_ident a = ident(11, PG), b = ident(12, 2 * PG);
+	struct store_fp same = fp_of(5, 0), other = fp_of(6, 0);
+	struct store_stats st;
+
+	REQUIRE(store_put_page(s, &a, 0, &same) == 0);
+	REQUIRE(store_put_page(s, &b, 0, &same) == 0);
+	REQUIRE(store_put_page(s, &b, 1, &same) == 0);
+	REQUIRE(store_put_page(s, &b, 1, &same) == 0);  /* again: no-op */
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.pages, 3);
+	CHECK_EQ(st.distinct, 1);
+	CHECK_EQ(st.dup_pages, 2);
+
+	REQUIRE(store_put_page(s, &b, 1, &other) == 0);  /* overwrite */
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.pages, 3);
+	CHECK_EQ(st.distinct, 2);
+	CHECK_EQ(st.dup_pages, 1);
+
+	CHECK_EQ(store_forget_file(s, b.dev, b.ino), 0);
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.files, 1);
+	CHECK_EQ(st.pages, 1);
+	CHECK_EQ(st.distinct, 1);       /* "other" went with its last page */
+	CHECK_EQ(st.dup_pages, 0);
+
+	CHECK_EQ(store_forget_file(s, a.dev, a.ino), 0);
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.files, 0);
+	CHECK_EQ(st.pages, 0);
+	CHECK_EQ(st.distinct, 0);
+	store_close(s);
+}
+
+/* Pages of [0, n) of fid still stored with fp_of(seed, i). */
+static unsigned count_range(struct store *s, uint64_t fid, uint64_t first,
+			    uint64_t n, unsigned seed)
+{
+	unsigned kept = 0;
+	bool right;
+
+	for (uint64_t i = first; i < first + n; i += 4096) {
+		unsigned chunk = first + n - i < 4096 ?
+				 (unsigned)(first + n - i) : 4096;
+
+		kept += count_fps(s, fid, i, chunk, seed, &right);
+		CHECK(right);
+	}
+	return kept;
+}
+
+/*
+ * Files b, c (old, large), a (small, used recently) hold unique pages and
+ * pages all three share; file d then grows until the store must prune.
+ * Pruning must keep data.mdb within the quota by taking the unique pages
+ * of b, then c, and leave shared pages, a and d alone.
+ */
+static void test_quota_prunes_unique_pages_of_lru_files(void)
+{
+	const uint64_t quota = 16u << 20, nbig = 15000, nsmall = 2000,
+		nshared = 1000, chunk = 2000;
+	const char *dir = case_dir("quota");
+	struct store_ident a = ident(21, 0), b = ident(22, 0), c = ident(23, 0),
+		d = ident(24, 0);
+	uint64_t fa, fb, fc, fd, nd = 0;
+	unsigned kept_b, kept_c;
+	struct store_stats st;
+	struct store *s;
+	struct stat sb;
+	char path[600];
+
+	s = open_ok(dir, quota);
+	put_range(s, &b, 0, nbig, 22);
+	put_range(s, &c, 0, nbig, 23);
+	put_range(s, &a, 0, nsmall, 21);
+	put_range(s, &a, nsmall, nshared, 99);
+	put_range(s, &b, nbig, nshared, 99);
+	put_range(s, &c, nbig, nshared, 99);
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	REQUIRE(st.pruned_pages == 0);
+
+	sleep(2);                       /* a becomes the most recently used */
+	REQUIRE(store_file_match(s, &a, &fa) == 0);
+	CHECK_EQ(store_sync(s), 0);
+
+	for (int i = 0; i < 100 && !st.pruned_pages; i++, nd += chunk) {
+		put_range(s, &d, nd, chunk, 24);
+		CHECK_EQ(store_sync(s), 0);
+		store_get_stats(s, &st);
+	}
+	if (getenv("TEST_VERBOSE"))
+		fprintf(stderr, "quota: d %llu bytes %llu pages %llu pruned "
+			"%llu\n", (unsigned long long)nd,
+			(unsigned long long)st.bytes,
+			(unsigned long long)st.pages,
+			(unsigned long long)st.pruned_pages);
+	CHECK(st.pruned_pages > 0);
+	CHECK(st.bytes <= quota);
+	CHECK(!st.paused);
+	snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	REQUIRE(stat(path, &sb) == 0);
+	CHECK((uint64_t)sb.st_size <= quota);
+
+	REQUIRE(store_file_match(s, &a, &fa) == 0);
+	REQUIRE(store_file_match(s, &b, &fb) == 0);
+	REQUIRE(store_file_match(s, &c, &fc) == 0);
+	REQUIRE(store_file_match(s, &d, &fd) == 0);
+	kept_b = count_range(s, fb, 0, nbig, 22);
+	kept_c = count_range(s, fc, 0, nbig, 23);
+	/* b, least recently used, lost its unique pages first ... */
+	CHECK(kept_b < nbig);
+	CHECK(kept_c == nbig || kept_b == 0);
+	/* ... while shared pages and the recently used a stayed. */
+	CHECK_EQ(count_range(s, fb, nbig, nshared, 99), nshared);
+	CHECK_EQ(count_range(s, fa, 0, nsmall, 21), nsmall);
+	CHECK_EQ(count_range(s, fa, nsmall, nshared, 99), nshared);
+	CHECK_EQ(count_range(s, fd, 0, nd, 24), nd);
+	store_close(s);
+}
+
+static void write_file(const char *path, const void *buf, size_t len,
+		       off_t off)
+{
+	int fd = open(path, O_WRONLY | O_CREAT, 0600);
+
+	REQUIRE(fd >= 0);
+	REQUIRE(pwrite(fd, buf, len, off) == (ssize_t)len);
+	close(fd);
+}
+
+static void test_damaged_store_is_ebadmsg_and_rebuilds(void)
+{
+	const char *dir = case_dir("garbage");
+	struct store_ident id = ident(31, PG);
+	unsigned char junk[65536];
+	struct store *s = NULL;
+	char path[600];
+	uint64_t fid;
+	struct stat sb;
+
+	/* Not an LMDB file at all. */
+	REQUIRE(mkdir(dir, 0700) == 0);
+	snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	testfs_fill(junk, 0, sizeof(junk), 7);
+	write_file(path, junk, sizeof(junk), 0);
+	CHECK_EQ(store_open(dir, 0, false, &s), -EBADMSG);
+	CHECK(s == NULL);
+	CHECK_EQ(store_open(dir, 0, true, &s), 0);
+	REQUIRE(s);
+	put_range(s, &id, 0, 1, 31);
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_file_match(s, &id, &fid), 0);
+	store_close(s);
+
+	/* A real store whose tree pages are overwritten: LMDB would follow
+	 * them; the check refuses them. */
+	REQUIRE(stat(path, &sb) == 0);
+	REQUIRE(sb.st_size > 2 * 4096);
+	memset(junk, 0xff, sizeof(junk));
+	for (off_t off = 2 * 4096; off < sb.st_size; off += 4096)
+		write_file(path, junk, 64, off);
+	CHECK_EQ(store_open(dir, 0, false, &s), -EBADMSG);
+	CHECK_EQ(store_open_readonly(dir, &s), -EBADMSG);
+	CHECK_EQ(store_open(dir, 0, true, &s), 0);
+	if (s) {
+		CHECK_EQ(store_file_match(s, &id, &fid), -ENOENT);
+		store_close(s);
+	}
+
+	/* A file where the directory should be. */
+	snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	CHECK_EQ(store_open(path, 0, false, &s), -ENOTDIR);
+}
+
+/* Rewrite one meta record with LMDB directly. */
+static void set_meta(const char *dir, const char *key, uint32_t value)
+{
+	uint32_t be = htobe32(value);
+	MDB_val k = { strlen(key), (void *)key }, v = { 4, &be };
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+
+	REQUIRE(mdb_env_create(&env) == 0);
+	REQUIRE(mdb_env_set_maxdbs(env, 8) == 0);
+	REQUIRE(mdb_env_open(env, dir, 0, 0600) == 0);
+	REQUIRE(mdb_txn_begin(env, NULL, 0, &txn) == 0);
+	REQUIRE(mdb_dbi_open(txn, "meta", 0, &dbi) == 0);
+	REQUIRE(mdb_put(txn, dbi, &k, &v, 0) == 0);
+	REQUIRE(mdb_txn_commit(txn) == 0);
+	mdb_env_close(env);
+}
+
+static void test_other_format_is_eproto(void)
+{
+	const char *dir = case_dir("format");
+	struct store_ident id = ident(41, PG);
+	struct store *s;
+	uint64_t fid;
+
+	s = open_ok(dir, 0);
+	put_range(s, &id, 0, 1, 41);
+	store_close(s);
+
+	set_meta(dir, "format", 99);
+	s = NULL;
+	CHECK_EQ(store_open(dir, 0, false, &s), -EPROTO);
+	CHECK(s == NULL);
+	CHECK_EQ(store_open_readonly(dir, &s), -EPROTO);
+	set_meta(dir, "format", STORE_FORMAT);
+	set_meta(dir, "page_size", 8192);
+	CHECK_EQ(store_open(dir, 0, false, &s), -EPROTO);
+	CHECK_EQ(store_open(dir, 0, true, &s), 0);
+	if (s) {
+		CHECK_EQ(store_file_match(s, &id, &fid), -ENOENT);
+		store_close(s);
+	}
+}
+
+/* A state directory on its own tmpfs, so that it can be made read-only
+ * or full. false (test skipped) where we may not mount. */
+static bool mount_tmpfs(const char *dir, const char *opts)
+{
+	mkdir(dir, 0700);
+	return mount("tmpfs", dir, "tmpfs", 0, opts) == 0;
+}
+
+static void test_readonly_state_dir_pauses_reads_work(void)
+{
+	const char *dir = case_dir("rofs");
+	struct store_ident id = ident(51, 8 * PG), other = ident(52, PG);
+	struct store_stats st;
+	struct store *s;
+	uint64_t fid;
+	bool right;
+
+	if (!mount_tmpfs(dir, "size=64m")) {
+		printf("skip test_readonly_state_dir (cannot mount: %s)\n",
+		       strerror(errno));
+		return;
+	}
+	s = open_ok(dir, 0);
+	put_range(s, &id, 0, 8, 51);
+	CHECK_EQ(store_sync(s), 0);
+	store_close(s);
+	REQUIRE(mount("tmpfs", dir, "tmpfs", MS_REMOUNT | MS_RDONLY,
+		      "size=64m") == 0);
+
+	s = open_ok(dir, 0);
+	store_get_stats(s, &st);
+	CHECK(st.paused);
+	CHECK_EQ(store_file_match(s, &id, &fid), 0);
+	CHECK_EQ(count_fps(s, fid, 0, 8, 51, &right), 8);
+	CHECK(right);
+	CHECK_EQ(store_put_page(s, &other, 0, &(struct store_fp){ 1, 2 }), 0);
+	CHECK_EQ(store_sync(s), -EROFS);
+	CHECK_EQ(store_file_match(s, &other, &fid), -ENOENT);
+	store_close(s);
+	CHECK_EQ(umount2(dir, MNT_DETACH), 0);
+
+	/* A disk that fills up while the daemon runs. */
+	REQUIRE(mount_tmpfs(dir, "size=256k"));
+	s = open_ok(dir, 0);
+	put_range(s, &id, 0, 8, 51);
+	CHECK_EQ(store_sync(s), 0);
+	put_range(s, &other, 0, 60000, 52);
+	CHECK_EQ(store_sync(s), -ENOSPC);
+	store_get_stats(s, &st);
+	CHECK(st.paused);
+	CHECK(st.commit_errors > 0);
+	CHECK_EQ(store_put_page(s, &other, 0, &(struct store_fp){ 1, 2 }), 0);
+	CHECK_EQ(store_file_match(s, &id, &fid), 0);
+	CHECK_EQ(count_fps(s, fid, 0, 8, 51, &right), 8);
+	/* Paused with the change dropped: the file stays masked. */
+	CHECK_EQ(store_file_changed(s, id.dev, id.ino, &id, 0, 1), 0);
+	CHECK_EQ(count_fps(s, fid, 0, 8, 51, &right), 0);
+	store_close(s);
+	CHECK_EQ(umount2(dir, MNT_DETACH), 0);
+}
+
+static void test_kill9_keeps_synced_batches(void)
+{
+	const char *dir = case_dir("crash");
+	struct store_ident a = ident(61, 100 * PG), b = ident(62, 100 * PG);
+	struct store *s;
+	uint64_t fid;
+	bool right;
+	pid_t pid;
+	int status;
+
+	fflush(NULL);
+	pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		s = open_ok(dir, 0);
+		put_range(s, &a, 0, 100, 61);
+		if (store_sync(s))
+			_exit(2);
+		put_range(s, &b, 0, 100, 62);
+		raise(SIGKILL);
+		_exit(3);
+	}
+	REQUIRE(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+
+	s = open_ok(dir, 0);
+	CHECK_EQ(store_file_match(s, &a, &fid), 0);
+	CHECK_EQ(count_fps(s, fid, 0, 100, 61, &right), 100);
+	CHECK(right);
+	/* b may or may not have made it, but whole if at all. */
+	if (store_file_match(s, &b, &fid) == 0) {
+		unsigned n = count_fps(s, fid, 0, 100, 62, &right);
+
+		CHECK(right);
+		CHECK(n <= 100);
+	}
+	put_range(s, &b, 0, 100, 62);
+	CHECK_EQ(store_sync(s), 0);
+	store_close(s);
+}
+
+static void test_100k_puts_commit_in_few_transactions(void)
+{
+	struct store *s = open_ok(case_dir("batch"), 0);
+	struct store_ident id = ident(71, 100000ull * PG);
+	struct store_stats before, after;
+
+	store_get_stats(s, &before);
+	put_range(s, &id, 0, 100000, 71);
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &after);
+	CHECK_EQ(after.pages, 100000);
+	CHECK(after.commits - before.commits <= 100000 / STORE_BATCH + 3);
+	CHECK(after.commits > before.commits);
+	store_close(s);
+}
+
+static bool only_even(void *arg, uint64_t dev, uint64_t ino)
+{
+	(void)arg;
+	(void)dev;
+	return ino % 2 == 0;
+}
+
+static void test_prune_missing_drops_gone_files(void)
+{
+	struct store *s = open_ok(case_dir("missing"), 0);
+	struct store_stats st;
+
+	for (uint64_t ino = 80; ino < 90; ino++) {
+		struct store_ident id = ident(ino, 2 * PG);
+
+		put_range(s, &id, 0, 2, (unsigned)ino);
+	}
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_prune_missing(s, only_even, NULL), 0);
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.files, 5);
+	CHECK_EQ(st.pages, 10);
+	store_close(s);
+}
+
+static void test_second_opener_runs_without_persistence(void)
+{
+	const char *dir = case_dir("busy");
+	struct store *s1 = open_ok(dir, 0), *s2;
+	struct store_ident id = ident(91, PG);
+	struct store_stats st;
+	uint64_t fid;
+
+	s2 = open_ok(dir, 0);       /* waits ~2 s for the owner, then gives up */
+	store_get_stats(s2, &st);
+	CHECK(st.paused);
+	CHECK_EQ(store_put_page(s2, &id, 0, &(struct store_fp){ 1, 2 }), 0);
+	CHECK_EQ(store_file_match(s2, &id, &fid), -ENOENT);
+	store_close(s2);
+	store_get_stats(s1, &st);
+	CHECK(!st.paused);
+	store_close(s1);
+}
+
+int main(void)
+{
+	root = testfs_init();
+	RUN(test_round_trip_survives_reopen);
+	RUN(test_identity_mismatch_is_stale);
+	RUN(test_file_changed_drops_range_keeps_rest);
+	RUN(test_refcounts_follow_put_overwrite_forget);
+	RUN(test_quota_prunes_unique_pages_of_lru_files);
+	RUN(test_damaged_store_is_ebadmsg_and_rebuilds);
+	RUN(test_other_format_is_eproto);
+	RUN(test_readonly_state_dir_pauses_reads_work);
+	RUN(test_kill9_keeps_synced_batches);
+	RUN(test_100k_puts_commit_in_few_transactions);
+	RUN(test_prune_missing_drops_gone_files);
+	RUN(test_second_opener_runs_without_persistence);
+	return CHECK_DONE();
+}
