@@ -17,6 +17,8 @@
 
 /* A growing text buffer with a sticky error: format everything, check
  * once at the end. */
+#define CTL_FILE_REPORT_MAX 60000u
+
 struct ctl_buf {
 	char  *p;
 	size_t len;
@@ -327,6 +329,12 @@ static void ctl_file(struct spfs *fs, struct inode *in, struct ctl_buf *b)
 	if (r.n)
 		qsort(r.v, r.n, sizeof(*r.v), ctl_by_pages);
 	for (size_t i = 0; i < r.n; i++) {
+		/* An xattr value is at most 64 KiB: name the biggest sharers
+		 * and count the rest. */
+		if (b->len > CTL_FILE_REPORT_MAX) {
+			ctl_printf(b, "sharers_omitted %zu\n", r.n - i);
+			break;
+		}
 		ctl_printf(b, "sharer %" PRIu64 " ", r.v[i].pages);
 		ctl_put_path(b, r.v[i].path ? r.v[i].path : "(deleted)");
 		ctl_put(b, "\n", 1);
