@@ -1,5 +1,6 @@
 /* cache: creation, frames under budget, eviction, stats; see cache.h. */
 #include "cache_i.h"
+#include "bio.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -383,4 +384,9 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	st->cow_breaks = atomic_load(&a->cow_breaks);
 	st->invalidations = atomic_load(&a->invalidations);
 	st->clone_shares = atomic_load(&a->clone_shares);
+}
+
+int cache_failpoint_set(const char *key, const char *value)
+{
+	return bio_failpoint_set(key, value);
 }

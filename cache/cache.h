@@ -173,6 +173,11 @@ int cache_sync_all(struct cache *c);
  * back first). */
 int cache_invalidate_file(struct cfile *f);
 
+/* Fault injection for tests (builds with -Dfailpoints=true): key
+ * fail_read or fail_write, value ERRNO, ERRNO:once or 0 (off). -ENOTSUP in
+ * other builds, -EINVAL for a bad key or value. */
+int cache_failpoint_set(const char *key, const char *value);
+
 /* The front end's object for this file (its inode), for reports. */
 void cfile_set_owner(struct cfile *f, void *owner);
 void *cfile_owner(struct cfile *f);

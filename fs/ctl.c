@@ -413,6 +413,9 @@ static int ctl_set_knob(struct spfs *fs, char *v)
 			return -EINVAL;
 		return cache_set_limit(fs->cache, bytes);
 	}
+	/* Fault injection, in builds with -Dfailpoints=true only. */
+	if (!strncmp(key, "fail_", 5))
+		return cache_failpoint_set(key, val);
 	if (!fs->dedup)
 		return -EINVAL;
 	return dedup_set_knob(fs->dedup, key, val);
