@@ -75,6 +75,7 @@ int dedup_remap(struct dedup *d, struct cfile *f, uint64_t index,
 	pidx_store(&f->pidx, index, target); /* slot exists: no alloc */
 	frame_set(cache_frame(c, target), F_REF);
 	cache_unmap_page_locked(c, f, index, fid);
+	persist_shared(d, f, index, target);
 	return 0;
 }
 
@@ -143,7 +144,6 @@ static uint32_t merge_fill(void *ctx, struct cfile *f, uint64_t index,
 	if (d->scope == DEDUP_SCOPE_NONE ||
 	    !(frame_flags(cache_frame(d->c, fid)) & F_HASHED))
 		return fid;
-	persist_put(d, f, index, fid);
 	to = dedup_merge_stable(d, f, index, fid);
 	if (to)
 		return to;

@@ -69,7 +69,7 @@ void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target);
 #define persist_close(d) ((void)(d))
 #define persist_lookup(d, f, i) ((void)(d), (void)(f), (void)(i), 0u)
 #define persist_note(d, f, i, fid) ((void)(d), (void)(f), (void)(i), (void)(fid))
-#define persist_put(d, f, i, fid) ((void)(d), (void)(f), (void)(i), (void)(fid))
+#define persist_shared(d, f, i, fid) ((void)(d), (void)(f), (void)(i), (void)(fid))
 #define persist_changed(d, f, a, n) ((void)(d), (void)(f), (void)(a), (void)(n))
 #define persist_gone(d, f) ((void)(d), (void)(f))
 #define persist_stats(d, st) ((void)(d), (void)(st))
@@ -80,8 +80,9 @@ void persist_close(struct dedup *d);
 uint32_t persist_lookup(struct dedup *d, struct cfile *f, uint64_t index);
 void persist_note(struct dedup *d, struct cfile *f, uint64_t index,
 		  uint32_t fid);
-void persist_put(struct dedup *d, struct cfile *f, uint64_t index,
-		 uint32_t fid);
+/* (f, index) now maps target, shared; map_lock held. */
+void persist_shared(struct dedup *d, struct cfile *f, uint64_t index,
+		    uint32_t target);
 void persist_changed(struct dedup *d, struct cfile *f, uint64_t first,
 		     uint64_t n);
 void persist_gone(struct dedup *d, struct cfile *f);

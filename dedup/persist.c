@@ -3,12 +3,17 @@
  *
  * A file's stored fingerprints are used only while its identity is the
  * one the store holds (store_file_match). A miss whose stored fingerprint
- * names a resident stable frame is mapped to it without backing I/O and
- * without hashing (warm restart); a miss that must be read takes its
- * fingerprint from the store instead of hashing it. Fingerprints the daemon
- * computes are queued for the store's writer thread, never written on the
- * read path. Writes through the mount tell the store the file's new
- * identity and which pages changed.
+ * names a resident stable frame (or the zero page) is mapped to it without
+ * backing I/O and without hashing (warm restart); a miss that must be read
+ * takes its fingerprint from the store instead of hashing it.
+ *
+ * Only pages that were shared are remembered: a page that matched no other
+ * can save no I/O after a restart (there is nothing resident to map it to
+ * before it is read), and storing it would cost memory and disk for every
+ * page ever read, like a dedup table of unique blocks. Fingerprints are
+ * queued for the store's writer thread, never written on the read path.
+ * Writes through the mount tell the store the file's new identity and
+ * which pages changed.
  *
  * Locking: struct persist_file hangs off the cfile, under its pidx_lock
  * (write); stable-tree look-ups take map_lock.
@@ -118,6 +123,15 @@ uint32_t persist_lookup(struct dedup *d, struct cfile *f, uint64_t index)
 		return 0;
 	scope = dedup_scope_of(d, f);
 	pthread_mutex_lock(&c->map_lock);
+	if (fp.lo == fp_zero()->lo && fp.hi == fp_zero()->hi) {
+		if (atomic_load(&d->use_zero_pages) &&
+		    !pidx_store(&f->pidx, index, FID_ZERO)) {
+			frame_add_mapper(&c->ft, FID_ZERO, f, index);
+			atomic_fetch_add(&d->store_hits, 1);
+			hit = FID_ZERO;
+		}
+		goto out_unlock;
+	}
 	while ((cand = stree_next(&d->stable, fp.lo, &pos))) {
 		struct frame *cf = cache_frame(c, cand);
 
@@ -137,6 +151,7 @@ uint32_t persist_lookup(struct dedup *d, struct cfile *f, uint64_t index)
 		hit = cand;
 		break;
 	}
+out_unlock:
 	pthread_mutex_unlock(&c->map_lock);
 	return hit;
 }
@@ -155,18 +170,42 @@ void persist_note(struct dedup *d, struct cfile *f, uint64_t index,
 	frame_set(fr, F_HASHED | F_PERSISTED);
 }
 
-void persist_put(struct dedup *d, struct cfile *f, uint64_t index,
-		 uint32_t fid)
+static void queue_page(struct dedup *d, struct cfile *f, uint64_t index,
+		       uint64_t lo, uint64_t hi)
 {
-	struct frame *fr = cache_frame(d->c, fid);
 	struct store_ident id;
-	struct store_fp fp = { fr->fp[0], fr->fp[1] };
+	struct store_fp fp = { lo, hi };
 
-	if (!d->store || (frame_flags(fr) & F_PERSISTED))
-		return;
 	to_store_ident(&f->ident, &id);
-	if (!store_put_page(d->store, &id, index, &fp))
-		frame_set(fr, F_PERSISTED);
+	store_put_page(d->store, &id, index, &fp); /* full queue: skipped */
+}
+
+void persist_shared(struct dedup *d, struct cfile *f, uint64_t index,
+		    uint32_t target)
+{
+	struct frame *fr = cache_frame(d->c, target);
+
+	if (!d->store)
+		return;
+	if (target == FID_ZERO) {
+		queue_page(d, f, index, fp_zero()->lo, fp_zero()->hi);
+		return;
+	}
+	if (frame_flags(fr) & F_PERSISTED) {
+		queue_page(d, f, index, fr->fp[0], fr->fp[1]);
+		return;
+	}
+	/* First time shared: every mapper's page is worth remembering. */
+	if (fr->nmappers == 1) {
+		queue_page(d, fr->m.owner.file, fr->m.owner.index, fr->fp[0],
+			   fr->fp[1]);
+	} else {
+		for (uint32_t i = 0; i < fr->m.rmap->n; i++)
+			queue_page(d, fr->m.rmap->m[i].file,
+				   fr->m.rmap->m[i].index, fr->fp[0],
+				   fr->fp[1]);
+	}
+	frame_set(fr, F_PERSISTED);
 }
 
 void persist_changed(struct dedup *d, struct cfile *f, uint64_t first,

@@ -11,8 +11,9 @@
  *
  *   - both meta pages: magic, version, page size, flags, last page;
  *   - every tree (free pages, main, each named database): page headers,
- *     node bounds, child and overflow page numbers inside the file, equal
- *     leaf depth, no page reached twice;
+ *     node bounds, nodes that do not overlap (a delete shifts the nodes
+ *     below by the deleted one's size), child and overflow page numbers
+ *     inside the file, equal leaf depth, no page reached twice;
  *   - the free lists: sorted, inside the file, owned by no tree, no page
  *     listed twice.
  *
@@ -137,6 +138,19 @@ static const uint8_t *ck_claim(struct ck *c, uint64_t pgno, uint64_t n)
 	return c->map + pgno * c->psize;
 }
 
+/* Mark the 2-byte units of a node in the page's map; false if any was
+ * taken. LMDB gives each node an even size and never overlaps them. */
+static bool ck_node_span(uint8_t *used, unsigned off, unsigned len)
+{
+	len = (len + 1) & ~1u;
+	for (unsigned u = off / 2; u < (off + len) / 2; u++) {
+		if (used[u >> 3] & (1u << (u & 7)))
+			return false;
+		used[u >> 3] |= (uint8_t)(1u << (u & 7));
+	}
+	return true;
+}
+
 /* The data of a leaf node, following an overflow page if it has one. */
 static const uint8_t *ck_node_data(struct ck *c, const uint8_t *page,
 				   unsigned off, unsigned nflags,
@@ -166,7 +180,7 @@ static const uint8_t *ck_node_data(struct ck *c, const uint8_t *page,
 static int ck_tree(struct ck *c, const uint8_t *db, enum ck_tree kind);
 
 /* A free list: count u64, then count page numbers, strictly descending.
- * Its pages are checked against the trees later (ck_free_lists). */
+ * Its pages are checked against the trees later (ck_free_pages). */
 static int ck_idl_shape(const uint8_t *d, uint32_t dsize, uint64_t last_pg)
 {
 	uint64_t n, prev = UINT64_MAX, pg;
@@ -193,14 +207,12 @@ static int ck_leaf_node(struct ck *c, const uint8_t *page, unsigned off,
 	uint32_t ksize = rd16(node + 6);
 	uint32_t dsize = rd16(node) | (uint32_t)rd16(node + 2) << 16;
 
-	if (nflags & ~(F_BIGDATA | F_SUBDATA))
-		return -EBADMSG;        /* F_DUPDATA: not ours */
 	data = ck_node_data(c, page, off, nflags, ksize, dsize);
 	if (!data)
 		return -EBADMSG;
 	switch (kind) {
 	case CK_FREE:
-		if (nflags & F_SUBDATA || ksize != 8)
+		if (nflags & F_SUBDATA)
 			return -EBADMSG;
 		return ck_idl_shape(data, dsize, c->last_pg);
 	case CK_MAIN:
@@ -214,11 +226,96 @@ static int ck_leaf_node(struct ck *c, const uint8_t *page, unsigned off,
 	return -EBADMSG;
 }
 
+/* A key inside a checked page; p NULL: no bound. */
+struct ck_key {
+	const uint8_t *p;
+	unsigned len;
+};
+
+/* LMDB's order: integer keys (host order) in the free tree, memcmp
+ * with the shorter key first elsewhere. */
+static int ck_cmp(enum ck_tree kind, const struct ck_key *a,
+		  const struct ck_key *b)
+{
+	unsigned len = a->len < b->len ? a->len : b->len;
+	uint64_t x, y;
+	int d;
+
+	if (kind == CK_FREE) {
+		x = rd64(a->p);
+		y = rd64(b->p);
+		return x < y ? -1 : x > y;
+	}
+	d = memcmp(a->p, b->p, len);
+	if (d)
+		return d;
+	return a->len < b->len ? -1 : a->len > b->len;
+}
+
+static struct ck_key ck_key_at(const uint8_t *page, unsigned i)
+{
+	unsigned off = rd16(page + PAGEHDRSZ + 2 * i);
+
+	return (struct ck_key){ page + off + NODESIZE, rd16(page + off + 6) };
+}
+
+/*
+ * The node headers of a page: inside it, not overlapping, keys in order
+ * and within [lo, hi), the bounds the parent's separators give. In a
+ * branch page key 0 stands for lo and is not compared. Misordered keys
+ * would not crash LMDB, but an exact search could then miss a key a
+ * range search finds, and a delete loop would never end.
+ */
+static int ck_nodes(struct ck *c, const uint8_t *page, unsigned nkeys,
+		    bool branch, enum ck_tree kind, const struct ck_key *lo,
+		    const struct ck_key *hi)
+{
+	unsigned upper = rd16(page + PH_UPPER), off, ksize, span, nflags;
+	struct ck_key key, prev = { NULL, 0 };
+	uint8_t used[MAX_PSIZE / 16];
+	uint32_t dsize;
+
+	memset(used, 0, c->psize / 16);
+	for (unsigned i = 0; i < nkeys; i++) {
+		off = rd16(page + PAGEHDRSZ + 2 * i);
+		if (off < upper || off % 2 || off + NODESIZE > c->psize)
+			return -EBADMSG;
+		ksize = rd16(page + off + 6);
+		nflags = rd16(page + off + 4);
+		dsize = rd16(page + off) | (uint32_t)rd16(page + off + 2) << 16;
+		if (ksize > MAX_KEY)
+			return -EBADMSG;
+		if (branch)
+			span = NODESIZE + ksize;
+		else if (nflags & ~(F_BIGDATA | F_SUBDATA))
+			return -EBADMSG;        /* F_DUPDATA: not ours */
+		else
+			span = NODESIZE + ksize +
+			       (nflags & F_BIGDATA ? 8 : dsize);
+		if (off + span > c->psize || !ck_node_span(used, off, span))
+			return -EBADMSG;
+		if (branch && i == 0)
+			continue;
+		if (kind == CK_FREE && ksize != 8)
+			return -EBADMSG;
+		key = ck_key_at(page, i);
+		if (prev.p ? ck_cmp(kind, &prev, &key) >= 0 :
+		    lo && ck_cmp(kind, lo, &key) > 0)
+			return -EBADMSG;
+		if (hi && ck_cmp(kind, &key, hi) >= 0)
+			return -EBADMSG;
+		prev = key;
+	}
+	return 0;
+}
+
 static int ck_page(struct ck *c, uint64_t pgno, unsigned levels,
-		   enum ck_tree kind)
+		   enum ck_tree kind, const struct ck_key *lo,
+		   const struct ck_key *hi)
 {
 	const uint8_t *page = ck_claim(c, pgno, 1);
-	unsigned flags, lower, upper, nkeys, off, ksize;
+	unsigned flags, lower, upper, nkeys, off;
+	struct ck_key clo, chi;
 	int ret;
 
 	if (!page || rd64(page + PH_PGNO) != pgno)
@@ -235,26 +332,25 @@ static int ck_page(struct ck *c, uint64_t pgno, unsigned levels,
 	nkeys = (lower - PAGEHDRSZ) / 2;
 	if (!nkeys)
 		return -EBADMSG;
-	for (unsigned i = 0; i < nkeys; i++) {
+	ret = ck_nodes(c, page, nkeys, levels > 1, kind, lo, hi);
+	for (unsigned i = 0; i < nkeys && !ret; i++) {
 		off = rd16(page + PAGEHDRSZ + 2 * i);
-		if (off < upper || off % 2 || off + NODESIZE > c->psize)
-			return -EBADMSG;
-		ksize = rd16(page + off + 6);
-		if (ksize > MAX_KEY || off + NODESIZE + ksize > c->psize)
-			return -EBADMSG;
 		if (levels > 1) {
 			const uint8_t *n = page + off;
 			uint64_t child = rd16(n) | (uint64_t)rd16(n + 2) << 16 |
 					 (uint64_t)rd16(n + 4) << 32;
 
-			ret = ck_page(c, child, levels - 1, kind);
+			if (i)
+				clo = ck_key_at(page, i);
+			if (i + 1 < nkeys)
+				chi = ck_key_at(page, i + 1);
+			ret = ck_page(c, child, levels - 1, kind,
+				      i ? &clo : lo, i + 1 < nkeys ? &chi : hi);
 		} else {
 			ret = ck_leaf_node(c, page, off, kind);
 		}
-		if (ret)
-			return ret;
 	}
-	return 0;
+	return ret;
 }
 
 static int ck_tree(struct ck *c, const uint8_t *db, enum ck_tree kind)
@@ -268,7 +364,7 @@ static int ck_tree(struct ck *c, const uint8_t *db, enum ck_tree kind)
 		return depth ? -EBADMSG : 0;
 	if (!depth || depth > MAX_DEPTH)
 		return -EBADMSG;
-	return ck_page(c, root, depth, kind);
+	return ck_page(c, root, depth, kind, NULL, NULL);
 }
 
 /* Second pass over the free tree (its pages are claimed already): each

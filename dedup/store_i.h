@@ -44,7 +44,8 @@
 #define STORE_MAP_INITIAL (8ull << 20)
 /* Smallest quota accepted: one full batch of new records must fit. */
 #define STORE_QUOTA_MIN (4ull << 20)
-/* Prune when the live pages pass HIGH percent of the quota, down to LOW. */
+/* Prune when the live pages pass HIGH percent of the quota (or the map is
+ * full at the quota), keeping LOW percent of the pages records. */
 #define STORE_PRUNE_HIGH 90u
 #define STORE_PRUNE_LOW 70u
 /* A match refreshes last_used_s at most this often (seconds). */

@@ -4,11 +4,19 @@
  * at most STORE_BATCH updates, and keeps the store inside its quota.
  *
  * A full map is grown (doubled, up to the quota) and the batch retried.
- * At the quota, the fingerprints least likely to pay are pruned: pages
- * whose content no other page shares (refs == 1), from the files used
- * longest ago; then whole files, oldest first. If even that leaves no
- * room, the store is emptied: it is a cache of hashes, worth less than a
- * working mount. Any other failure pauses persistence (store_pause).
+ * At the quota (or when the live pages pass STORE_PRUNE_HIGH% of it) the
+ * fingerprints least likely to pay are pruned: pages whose content no
+ * other page shares (refs == 1), from the files used longest ago; then
+ * whole files, oldest first. If a batch still does not fit, it is split;
+ * if one update does not, the store is emptied: it is a cache of hashes,
+ * worth less than a working mount. Any other failure pauses persistence
+ * (store_pause).
+ *
+ * Copy-on-write needs room for a batch's new copy of every page it
+ * touches next to the old one (and LMDB reuses a freed page only two
+ * commits later), so in a small store the map fills long before the live
+ * pages reach STORE_PRUNE_HIGH% of the quota: the MAP_FULL path is the
+ * common one there.
  *
  * Refcounts: fps.refs counts the pages records holding that fingerprint.
  * Every path that adds, replaces or deletes a pages record goes through
@@ -337,7 +345,7 @@ static struct prune_file *prune_list(struct store *s, size_t *count)
 	return files;
 }
 
-enum prune_result { PRUNE_BELOW, PRUNE_MORE, PRUNE_FAILED };
+enum prune_result { PRUNE_DONE, PRUNE_MORE, PRUNE_FAILED };
 
 /*
  * Pruning runs in steps of at most STORE_PRUNE_STEP deletions, each its
@@ -349,12 +357,13 @@ enum prune_result { PRUNE_BELOW, PRUNE_MORE, PRUNE_FAILED };
 
 struct pruner {
 	struct store *s;
-	uint64_t target;
+	uint64_t goal;          /* pages records to drop */
+	uint64_t done;
 	uint64_t step;
 };
 
-/* Commit a step and say whether the store is now small enough; *retry
- * when the step should be tried again smaller. */
+/* Commit a step and say whether enough is dropped; *retry when the step
+ * should be tried again smaller. */
 static enum prune_result prune_commit(struct pruner *p, struct wctx *w,
 				      uint64_t n, bool *retry)
 {
@@ -369,8 +378,8 @@ static enum prune_result prune_commit(struct pruner *p, struct wctx *w,
 	}
 	atomic_fetch_add(&p->s->commits, 1);
 	atomic_fetch_add(&p->s->pruned_pages, n);
-	{ static int cnt; if (cnt++ % 10 == 0) fprintf(stderr, "DBG prune n=%lu used=%lu target=%lu step=%lu total=%lu\n", n, store_used_now(p->s), p->target, p->step, atomic_load(&p->s->pruned_pages)); }
-	return store_used_now(p->s) <= p->target ? PRUNE_BELOW : PRUNE_MORE;
+	p->done += n;
+	return p->done >= p->goal ? PRUNE_DONE : PRUNE_MORE;
 }
 
 /* Drop the pages of fid that share their content with no other page. */
@@ -405,7 +414,7 @@ static enum prune_result prune_unique(struct pruner *p, uint64_t fid)
 				break;
 			next = index + 1;
 			store_key2(k, fid, next);
-			if (n >= p->step) {
+			if (n >= p->step || p->done + n >= p->goal) {
 				more = true;
 				break;
 			}
@@ -435,7 +444,9 @@ static enum prune_result prune_whole(struct pruner *p,
 	for (;;) {
 		from = next;
 		wctx_begin(p->s, &w);
-		n = page_drop_some(&w, f->fid, &next, UINT64_MAX, p->step);
+		n = page_drop_some(&w, f->fid, &next, UINT64_MAX,
+				   p->step < p->goal - p->done ?
+				   p->step : p->goal - p->done);
 		if (next == UINT64_MAX) {
 			store_key2(k, f->dev, f->ino);
 			stxn_del(&w.t, SDB_FILES, k, sizeof(k));
@@ -450,14 +461,24 @@ static enum prune_result prune_whole(struct pruner *p,
 	}
 }
 
-/* Make the live pages fit in target bytes. */
-static void store_prune(struct store *s, uint64_t target)
+/*
+ * Drop (100 - STORE_PRUNE_LOW)% of the pages records, least useful first.
+ * Counted in records, not bytes: LMDB does not compact, so deleting
+ * records scattered over the fingerprint tree frees few whole pages; it
+ * leaves room inside them, which is what the next records fill.
+ */
+static void store_prune(struct store *s)
 {
-	struct pruner p = { s, target, STORE_PRUNE_STEP };
+	struct pruner p = { s, 0, 0, STORE_PRUNE_STEP };
 	enum prune_result res = PRUNE_MORE;
 	struct prune_file *files;
+	struct stxn t;
 	size_t n, i;
 
+	stxn_begin(s, &t, false);
+	p.goal = stxn_entries(&t, SDB_PAGES) / 100 *
+		 (100 - STORE_PRUNE_LOW) + 1;
+	stxn_abort(&t);
 	files = prune_list(s, &n);
 	for (i = 0; i < n && res == PRUNE_MORE; i++)
 		res = prune_unique(&p, files[i].fid);
@@ -489,24 +510,12 @@ static int store_empty(struct store *s)
 	return ret;
 }
 
-/*
- * The map is full at the quota. Copy-on-write needs room for a batch's
- * new copy of every page it touches next to the old one, so in a small
- * store this comes well before the live pages reach STORE_PRUNE_HIGH:
- * then free a share of what is live rather than of the quota.
- */
-static uint64_t store_room_target(struct store *s)
-{
-	uint64_t of_quota = s->quota / 100 * STORE_PRUNE_LOW;
-	uint64_t of_live = store_used_now(s) / 100 * STORE_PRUNE_LOW;
-
-	return of_live < of_quota ? of_live : of_quota;
-}
-
+/* Prune before the map is full where we can: in a large store, a batch
+ * copies a small share of the pages and the live ones can come close. */
 static void store_check_quota(struct store *s)
 {
 	if (store_used_now(s) > s->quota / 100 * STORE_PRUNE_HIGH)
-		store_prune(s, s->quota / 100 * STORE_PRUNE_LOW);
+		store_prune(s);
 }
 
 /* ---- batches ---- */
@@ -533,7 +542,7 @@ static int store_apply(struct store *s, const struct store_op *ops, size_t n)
 				continue;
 			if (!pruned) {
 				pruned = true;
-				store_prune(s, store_room_target(s));
+				store_prune(s);
 				continue;
 			}
 			if (n > 1) {
