@@ -85,6 +85,7 @@ static int spfs_setup(struct spfs *fs, const struct opts *o)
 	fs->backing = o->backing;
 	fs->backing_len = strlen(o->backing);
 	fs->readonly = o->readonly;
+	fs->allow_mmap = o->allow_mmap;
 	fs->as_root = geteuid() == 0;
 	fs->owner_uid = getuid();
 	fs->timeout = 1.0;

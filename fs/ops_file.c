@@ -106,8 +106,10 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 	}
 	fi->fh = OPS_FH_VALID | (uint32_t)fi->flags;
 	/* The cache is the only copy: no kernel page cache, no flush on
-	 * close of a handle that never wrote. */
-	fi->direct_io = 1;
+	 * close of a handle that never wrote. With -o allow_mmap the kernel
+	 * caches the file too (twice the memory), so that shared mmap works:
+	 * libfuse 3.14 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP. */
+	fi->direct_io = !fs->allow_mmap;
 	fi->keep_cache = 0;
 	fi->noflush = !want_write;
 #ifdef HAVE_FUSE_PARALLEL_DIRECT_WRITES

@@ -36,6 +36,7 @@ enum {
 	KEY_SCOPE,
 	KEY_QUOTA,
 	KEY_REBUILD,
+	KEY_MMAP,
 	KEY_DISCARD,
 };
 
@@ -58,6 +59,7 @@ static const struct fuse_opt opts_spec[] = {
 	FUSE_OPT_KEY("dedup_scope=", KEY_SCOPE),
 	FUSE_OPT_KEY("store_quota=", KEY_QUOTA),
 	FUSE_OPT_KEY("rebuild_state", KEY_REBUILD),
+	FUSE_OPT_KEY("allow_mmap", KEY_MMAP),
 	/* fstab words that mean nothing to a FUSE mount. */
 	FUSE_OPT_KEY("defaults", KEY_DISCARD),
 	FUSE_OPT_KEY("auto", KEY_DISCARD),
@@ -143,6 +145,9 @@ static int opts_proc(void *data, const char *arg, int key,
 		return opts_set_str(&o->quota_arg, arg);
 	case KEY_REBUILD:
 		o->rebuild_state = true;
+		return 0;
+	case KEY_MMAP:
+		o->allow_mmap = true;
 		return 0;
 	case KEY_DISCARD:
 		return 0;
@@ -591,6 +596,11 @@ void opts_usage(const char *prog)
 	       "    -o scan=0|1            run the duplicate page scanner (default 1)\n"
 	       "    -o dedup_scope=global|uid|none\n"
 	       "                           which files may share pages (default global)\n"
+	       "    -o store_quota=SIZE    most the store may use (default 1G)\n"
+	       "    -o rebuild_state       start afresh from a store that cannot be\n"
+	       "                           used (another version, corrupt)\n"
+	       "    -o allow_mmap          let the kernel cache files too, so that\n"
+	       "                           shared mmap works (costs a second copy)\n"
 	       "    -o ro                  read-only mount\n"
 	       "\n"
 	       "FUSE options:\n", prog);

@@ -56,6 +56,7 @@ struct opts {
 	enum opts_scope dedup_scope;
 	uint64_t store_quota;
 	bool rebuild_state;
+	bool allow_mmap;
 
 	/* Raw values, validated by opts_check(). */
 	char *cache_size_arg;
