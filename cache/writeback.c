@@ -162,6 +162,13 @@ int cfile_writeback_locked(struct cfile *f)
 				written_end = req[r].off + (uint64_t)res;
 		}
 		atomic_fetch_add(&c->st.backing_writes, nreq);
+		/* The disk holds these pages now: say so before they become
+		 * evictable, or a later fill past the old backing size would
+		 * take them for a hole and read zeros. */
+		pthread_rwlock_wrlock(&f->pidx_lock);
+		if (written_end > f->backing_size)
+			f->backing_size = written_end;
+		pthread_rwlock_unlock(&f->pidx_lock);
 		for (unsigned i = 0; i < n; i++) {
 			frame_clear(cache_frame(c, fid[i]), F_WB);
 			cache_frame_unpin(c, fid[i]);
@@ -170,8 +177,6 @@ int cfile_writeback_locked(struct cfile *f)
 	}
 
 	pthread_rwlock_wrlock(&f->pidx_lock);
-	if (written_end > f->backing_size)
-		f->backing_size = written_end;
 	/* Extended by truncate or a write past a hole: size it on disk. */
 	if (!err && f->backing_size < f->size) {
 		if (ftruncate(f->fd, (off_t)f->size) == 0) {
@@ -297,7 +302,10 @@ static void *wb_main(void *arg)
 			pthread_rwlock_rdlock(&f->inval_lock);
 			ret = cfile_writeback_locked(f);
 			pthread_rwlock_unlock(&f->inval_lock);
-			if (ret || cfile_has_dirty(f))
+			/* An unlinked file that cannot be written is not
+			 * retried: its pages go with its last reference. */
+			if ((ret || cfile_has_dirty(f)) &&
+			    !atomic_load(&f->orphan))
 				cache_wb_mark_dirty(c, f);
 			cfile_put(f);
 		}
