@@ -40,12 +40,39 @@ static uint64_t phys_key(void *arg, uint32_t fid)
 	return cache_frame(d->c, fid)->phys;
 }
 
+/* uid -> scope tag (1 .. 65534), assigned on first sight; an owner past
+ * the last tag gets SCOPE_NOMERGE and never shares. */
+#define SCOPE_SLOTS (1u << 17)
+
 uint16_t dedup_scope_of(struct dedup *d, struct cfile *f)
 {
+	uint32_t uid = (uint32_t)f->ident.uid, i;
+	uint16_t tag = SCOPE_NOMERGE;
+
 	if (d->scope != DEDUP_SCOPE_UID)
 		return 0;
-	/* 0 is the global tag; owners map to 1..65535 */
-	return (uint16_t)(f->ident.uid % 65535u + 1u);
+	pthread_mutex_lock(&d->scope_lock);
+	if (!d->scope_tab)
+		d->scope_tab = calloc(SCOPE_SLOTS, sizeof(*d->scope_tab));
+	if (!d->scope_tab)
+		goto out_unlock;
+	for (i = (uid * 2654435761u) & (SCOPE_SLOTS - 1);; i = (i + 1) & (SCOPE_SLOTS - 1)) {
+		if (d->scope_tab[i].tag && d->scope_tab[i].uid == uid) {
+			tag = d->scope_tab[i].tag;
+			break;
+		}
+		if (!d->scope_tab[i].tag) {
+			if (d->scope_next < SCOPE_NOMERGE) {
+				d->scope_tab[i].uid = uid;
+				d->scope_tab[i].tag = (uint16_t)d->scope_next++;
+				tag = d->scope_tab[i].tag;
+			}
+			break;
+		}
+	}
+out_unlock:
+	pthread_mutex_unlock(&d->scope_lock);
+	return tag;
 }
 
 static void hash_fill(void *ctx, struct frame *fr, const void *data)
@@ -116,7 +143,8 @@ uint32_t dedup_merge_stable(struct dedup *d, struct cfile *f, uint64_t index,
 	while ((cand = stree_next(&d->stable, fr->fp[0], &pos))) {
 		struct frame *cf = cache_frame(c, cand);
 
-		if (cand == fid || cf->fp[1] != fr->fp[1] || cf->scope != scope)
+		if (cand == fid || cf->fp[1] != fr->fp[1] ||
+		    !scope_match(cf->scope, scope))
 			continue;
 		if (cf->nmappers >= max) {
 			full = true;
@@ -223,6 +251,8 @@ int dedup_create(struct cache *c, const struct dedup_config *cfg,
 	stree_init(&d->unstable, fp_key, d);
 	stree_init(&d->phys, phys_key, d);
 	pthread_mutex_init(&d->scan_lock, NULL);
+	pthread_mutex_init(&d->scope_lock, NULL);
+	d->scope_next = 1;
 	pthread_cond_init(&d->scan_cond, NULL);
 	pthread_cond_init(&d->scan_done, NULL);
 	d->cursor = FID_FIRST;
@@ -264,8 +294,10 @@ void dedup_destroy(struct dedup *d)
 	pthread_mutex_unlock(&d->c->map_lock);
 	persist_close(d);
 	pthread_mutex_destroy(&d->scan_lock);
+	pthread_mutex_destroy(&d->scope_lock);
 	pthread_cond_destroy(&d->scan_cond);
 	pthread_cond_destroy(&d->scan_done);
+	free(d->scope_tab);
 	free(d);
 }
 

@@ -29,6 +29,9 @@ struct dedup {
 	struct store *store;                /* NULL: no persistence */
 	_Atomic uint64_t store_hits;        /* pages mapped by a stored fp */
 	dev_t devs[DEDUP_MAX_DEVS];         /* map_lock: id - 1 -> device */
+	pthread_mutex_t scope_lock;         /* scope_tab, scope_next */
+	struct { uint32_t uid; uint16_t tag; } *scope_tab;
+	unsigned scope_next;
 	unsigned ndevs;
 	_Atomic uint64_t content_merges, reflink_merges, hashes_computed,
 		full_scans, stable_chains;
@@ -43,8 +46,15 @@ struct dedup {
 	uint32_t cursor;                    /* scanner thread only */
 };
 
-/* Scope tag of the pages of f (0 for the global scope). */
+/* Scope tag of the pages of f (0 for the global scope, one tag per owner
+ * for the uid scope). Frames merge only when their tags match. */
+#define SCOPE_NOMERGE 0xFFFFu
 uint16_t dedup_scope_of(struct dedup *d, struct cfile *f);
+
+static inline bool scope_match(uint16_t a, uint16_t b)
+{
+	return a == b && a != SCOPE_NOMERGE;
+}
 /* Try to merge frame fid mapped once at (f, index) into an identical
  * frame: the zero frame or a stable one. f's pidx_lock (write) and
  * map_lock held. Returns the frame now mapped there, or 0 if none. */
@@ -63,17 +73,6 @@ void reflink_note(struct dedup *d, struct cfile *f, uint64_t index,
 		  uint32_t fid);
 void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target);
 
-#ifndef SAMEPAGE_HAVE_STORE
-/* Built before the store module exists: no persistence. */
-#define persist_open(d, cfg) ((void)(d), (cfg)->state_dir ? -ENOTSUP : 0)
-#define persist_close(d) ((void)(d))
-#define persist_lookup(d, f, i) ((void)(d), (void)(f), (void)(i), 0u)
-#define persist_note(d, f, i, fid) ((void)(d), (void)(f), (void)(i), (void)(fid))
-#define persist_shared(d, f, i, fid) ((void)(d), (void)(f), (void)(i), (void)(fid))
-#define persist_changed(d, f, a, n) ((void)(d), (void)(f), (void)(a), (void)(n))
-#define persist_gone(d, f) ((void)(d), (void)(f))
-#define persist_stats(d, st) ((void)(d), (void)(st))
-#else
 /* persist.c: the LMDB store seen from the cache's side */
 int persist_open(struct dedup *d, const struct dedup_config *cfg);
 void persist_close(struct dedup *d);
@@ -87,7 +86,6 @@ void persist_changed(struct dedup *d, struct cfile *f, uint64_t first,
 		     uint64_t n);
 void persist_gone(struct dedup *d, struct cfile *f);
 void persist_stats(struct dedup *d, struct dedup_stats *st);
-#endif
 
 int dedup_scan_start(struct dedup *d);
 void dedup_scan_stop(struct dedup *d);

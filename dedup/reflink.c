@@ -230,7 +230,7 @@ uint32_t reflink_lookup(struct dedup *d, struct cfile *f, uint64_t index)
 	while ((cand = stree_next(&d->phys, key, &pos))) {
 		struct frame *cf = cache_frame(c, cand);
 
-		if (!cf->nmappers || cf->scope != dedup_scope_of(d, f) ||
+		if (!cf->nmappers || !scope_match(cf->scope, dedup_scope_of(d, f)) ||
 		    cf->nmappers >= atomic_load(&d->max_page_sharing) ||
 		    (frame_flags(cf) & (F_IO | F_ERROR | F_DIRTY)))
 			continue; /* a fill that may still fail: not yet */

@@ -62,7 +62,7 @@ static bool merge_unstable(struct dedup *d, struct cfile *f, uint64_t index,
 		    (cfl & (F_DIRTY | F_IO | F_WB | F_FREE | F_STABLE)))
 			continue;
 		g = cf->m.owner.file;
-		if (dedup_scope_of(d, g) != scope)
+		if (!scope_match(dedup_scope_of(d, g), scope))
 			continue;
 		/* The partner's content may be changed only by its owner:
 		 * hold its index while we compare and promote it. */

@@ -286,26 +286,28 @@ static void tune_uid(struct dedup_config *dc)
 static void test_uid_scope_never_shares_across_owners(void)
 {
 	struct env e = new_env(64 << 20, tune_uid);
-	struct cfile *f[3];
+	struct cfile *f[4];
 	struct dedup_stats ds;
+	/* root twice, and two owners whose uids differ from root's and from
+	 * each other by multiples of 65535 (a naive 16-bit tag would mix
+	 * them) */
+	uid_t owner[4] = { 0, 0, 65535, 131070 };
 	char path[512];
 
-	testfs_make("own0", 8 * PG, 7);
-	testfs_make("own1", 8 * PG, 7);
-	testfs_make("own2", 8 * PG, 7);
-	snprintf(path, sizeof(path), "%s/own2", testfs_dir);
-	REQUIRE(chown(path, 65534, 65534) == 0);
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < 4; i++) {
 		char name[16];
 
 		snprintf(name, sizeof(name), "own%d", i);
+		testfs_make(name, 8 * PG, 7);
+		snprintf(path, sizeof(path), "%s/%s", testfs_dir, name);
+		REQUIRE(chown(path, owner[i], owner[i]) == 0);
 		f[i] = open_file(e.c, name);
 		CHECK(matches(f[i], 0, 8 * PG, 7, NULL));
 	}
 	dedup_get_stats(e.d, &ds);
-	/* own0 and own1 (same owner) share; own2 keeps its own frames */
+	/* own0 and own1 (same owner) share; the others keep their frames */
 	CHECK_EQ(ds.pages_sharing, 8);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		cfile_put(f[i]);
 	free_env(&e);
 }
