@@ -294,7 +294,8 @@ static void ctl_put_path(struct ctl_buf *b, const char *s)
 	}
 }
 
-static void ctl_file(struct spfs *fs, struct inode *in, struct ctl_buf *b)
+static void ctl_file(struct spfs *fs, struct inode *in, struct ctl_buf *b,
+		     bool names)
 {
 	struct cfile_share_summary sum;
 	struct ctl_report r = { .self = in };
@@ -328,7 +329,11 @@ static void ctl_file(struct spfs *fs, struct inode *in, struct ctl_buf *b)
 	ctl_printf(b, "dirty_pages %" PRIu64 "\n", sum.dirty_pages);
 	if (r.n)
 		qsort(r.v, r.n, sizeof(*r.v), ctl_by_pages);
-	for (size_t i = 0; i < r.n; i++) {
+	/* Names of sharing files would tell any user which files hold the
+	 * content they guess: only root and the owner of the mount see them. */
+	if (!names && r.n)
+		ctl_printf(b, "sharers_hidden %zu\n", r.n);
+	for (size_t i = 0; names && i < r.n; i++) {
 		/* An xattr value is at most 64 KiB: name the biggest sharers
 		 * and count the rest. */
 		if (b->len > CTL_FILE_REPORT_MAX) {
@@ -347,7 +352,7 @@ out_free:
 }
 
 int ctl_get(struct spfs *fs, struct inode *in, const char *name,
-	    char **out, size_t *len, size_t *slack)
+	    char **out, size_t *len, size_t *slack, uid_t caller)
 {
 	const char *key = name + sizeof(CTL_PREFIX) - 1;
 	struct ctl_buf b = { 0 };
@@ -366,7 +371,7 @@ int ctl_get(struct spfs *fs, struct inode *in, const char *name,
 		ctl_histogram(fs, &b);
 		*slack = 256;
 	} else if (S_ISREG(in->type) && !strcmp(key, "file")) {
-		ctl_file(fs, in, &b);
+		ctl_file(fs, in, &b, caller == 0 || caller == fs->owner_uid);
 		*slack = 1024;
 	} else {
 		return -ENODATA;

@@ -53,7 +53,7 @@ static inline bool ctl_owns(const char *name)
 /* The value of name on in: *out is malloc'ed, *len bytes long. *slack is
  * what a size query should add, as counters may grow longer in between. */
 int ctl_get(struct spfs *fs, struct inode *in, const char *name,
-	    char **out, size_t *len, size_t *slack);
+	    char **out, size_t *len, size_t *slack, uid_t caller);
 int ctl_set(struct spfs *fs, struct inode *in, const char *name,
 	    const char *value, size_t size, uid_t caller);
 

@@ -43,7 +43,8 @@ void ops_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 
 	if (ctl_owns(name)) {
 		size_t len, slack;
-		int ret = ctl_get(fs, in, name, &buf, &len, &slack);
+		int ret = ctl_get(fs, in, name, &buf, &len, &slack,
+				  fuse_req_ctx(req)->uid);
 
 		if (ret) {
 			fuse_reply_err(req, -ret);
