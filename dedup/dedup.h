@@ -83,6 +83,14 @@ int dedup_set_knob(struct dedup *d, const char *key, const char *value);
 /* Writes "key value\n" lines of all knobs into buf; returns the length or
  * -ERANGE if buf is too small. */
 int dedup_format_knobs(struct dedup *d, char *buf, size_t len);
+/* A file lost its last name (through the mount): its stored records go. */
+void dedup_file_deleted(struct dedup *d, uint64_t dev, uint64_t ino);
+/* Drop the stored records of files that no longer exist: exists() says
+ * whether (dev, ino) is still a file. Slow (a pass over the store); run it
+ * from a background thread. */
+typedef bool (*dedup_exists_cb)(void *arg, uint64_t dev, uint64_t ino);
+int dedup_prune_missing(struct dedup *d, dedup_exists_cb exists, void *arg);
+
 /* Start a full scan and wait until it finishes (or return at once if
  * wait is false). */
 int dedup_scan_now(struct dedup *d, bool wait);

@@ -135,7 +135,7 @@ uint32_t persist_lookup(struct dedup *d, struct cfile *f, uint64_t index)
 	while ((cand = stree_next(&d->stable, fp.lo, &pos))) {
 		struct frame *cf = cache_frame(c, cand);
 
-		if (cf->fp[1] != fp.hi || cf->scope != scope ||
+		if (cf->fp[1] != fp.hi || !scope_match(cf->scope, scope) ||
 		    cf->nmappers >= atomic_load(&d->max_page_sharing) ||
 		    (frame_flags(cf) & (F_IO | F_ERROR)))
 			continue;
@@ -244,4 +244,17 @@ void persist_stats(struct dedup *d, struct dedup_stats *st)
 	st->store_distinct = ss.distinct;
 	st->store_bytes = ss.bytes;
 	st->store_paused = ss.paused;
+}
+
+void dedup_file_deleted(struct dedup *d, uint64_t dev, uint64_t ino)
+{
+	if (d && d->store)
+		store_forget_file(d->store, dev, ino);
+}
+
+int dedup_prune_missing(struct dedup *d, dedup_exists_cb exists, void *arg)
+{
+	if (!d || !d->store)
+		return 0;
+	return store_prune_missing(d->store, exists, arg);
 }

@@ -42,6 +42,9 @@ struct spfs {
 	uid_t         owner_uid;     /* getuid(): may tune the daemon */
 	double        timeout;       /* entry and attribute validity, s */
 
+	pthread_t     prune;         /* store pruning pass, if started */
+	bool          prune_started;
+
 	bool          hide;          /* the state dir is inside backing */
 	dev_t         hide_dev;      /* its parent directory */
 	ino_t         hide_ino;

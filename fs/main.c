@@ -20,6 +20,7 @@
 #include "fs.h"
 #include "log.h"
 #include "opts.h"
+#include "prune.h"
 
 /* Workers stay alive when idle: creating a thread per request burst costs
  * more than the requests. */
@@ -168,6 +169,8 @@ static int spfs_start(struct spfs *fs, const struct opts *o)
 				"'%s'): %s", o->state_dir, strerror(-ret));
 		return ret;
 	}
+	if (dc.state_dir && prune_start(fs->dedup, fs->backing, &fs->prune) == 0)
+		fs->prune_started = true;
 	log_debug("cache_size %llu, writeback_ms %u, scan %d, dedup_scope %s, "
 		  "state_dir %s", (unsigned long long)o->cache_size,
 		  o->writeback_ms, o->scan, opts_scope_name(o->dedup_scope),
@@ -183,6 +186,8 @@ static int spfs_stop(struct spfs *fs)
 	/* Dropping the inodes drops their cfiles, which writes them back
 	 * while the store still hears of the files' new identities. */
 	itab_destroy(&fs->itab);
+	if (fs->prune_started)
+		prune_stop(fs->prune);
 	if (fs->cache && fs->dedup)
 		cache_sync_all(fs->cache);
 	if (fs->dedup)

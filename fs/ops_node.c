@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cache.h"
+#include "dedup.h"
 #include "log.h"
 #include "ops.h"
 
@@ -426,6 +427,7 @@ static void ops_victim_done(struct spfs *fs, struct inode *in)
 		return;
 	if (fstatat(in->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 &&
 	    st.st_nlink == 0) {
+		dedup_file_deleted(fs->dedup, st.st_dev, st.st_ino);
 		pthread_mutex_lock(&in->lock);
 		if (in->cf)
 			cfile_set_orphan(in->cf, true);

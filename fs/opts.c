@@ -574,6 +574,7 @@ void opts_free(struct opts *o)
 	free(o->writeback_arg);
 	free(o->scan_arg);
 	free(o->scope_arg);
+	free(o->quota_arg);
 }
 
 void opts_usage(const char *prog)

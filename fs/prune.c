@@ -1,0 +1,152 @@
+/*
+ * prune: a background pass, once per mount, that drops the store's
+ * records of files deleted while the file system was not mounted (or
+ * behind the mount). It lists the regular files of the backing tree (one
+ * walk, not crossing into other file systems, following no symlink) and
+ * asks the store to forget every file not among them. It runs at idle
+ * priority and gives way to unmount.
+ */
+#include "prune.h"
+
+#include "dedup.h"
+#include "log.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+struct seen {
+	uint64_t *key;      /* dev * K ^ ino, 0 = empty */
+	size_t cap, n;
+};
+
+static struct seen *walk_seen; /* nftw has no user argument */
+static volatile sig_atomic_t walk_stop;
+
+static uint64_t seen_key(uint64_t dev, uint64_t ino)
+{
+	uint64_t k = (dev * 0x9E3779B97F4A7C15ull) ^ ino;
+
+	return k ? k : 1;
+}
+
+static int seen_add(struct seen *s, uint64_t k)
+{
+	if ((s->n + 1) * 2 > s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 4096;
+		uint64_t *nk = calloc(cap, sizeof(*nk));
+
+		if (!nk)
+			return -ENOMEM;
+		for (size_t i = 0; i < s->cap; i++) {
+			size_t j = s->key[i] & (cap - 1);
+
+			if (!s->key[i])
+				continue;
+			while (nk[j])
+				j = (j + 1) & (cap - 1);
+			nk[j] = s->key[i];
+		}
+		free(s->key);
+		s->key = nk;
+		s->cap = cap;
+	}
+	for (size_t j = k & (s->cap - 1);; j = (j + 1) & (s->cap - 1)) {
+		if (s->key[j] == k)
+			return 0;
+		if (!s->key[j]) {
+			s->key[j] = k;
+			s->n++;
+			return 0;
+		}
+	}
+}
+
+static int walk_one(const char *path, const struct stat *st, int type,
+		    struct FTW *ftw)
+{
+	(void)path, (void)ftw;
+	if (walk_stop)
+		return FTW_STOP;
+	if (type == FTW_F && S_ISREG(st->st_mode))
+		return seen_add(walk_seen, seen_key(st->st_dev, st->st_ino))
+			       ? FTW_STOP : FTW_CONTINUE;
+	return FTW_CONTINUE;
+}
+
+/* A key may collide (dev * K ^ ino): then a record is kept, never lost
+ * wrongly. */
+static bool exists(void *arg, uint64_t dev, uint64_t ino)
+{
+	struct seen *s = arg;
+	uint64_t k = seen_key(dev, ino);
+
+	if (!s->cap)
+		return false;
+	for (size_t j = k & (s->cap - 1); s->key[j]; j = (j + 1) & (s->cap - 1))
+		if (s->key[j] == k)
+			return true;
+	return false;
+}
+
+struct prune_arg {
+	struct dedup *d;
+	char *root;
+};
+
+static void *prune_main(void *p)
+{
+	struct prune_arg *a = p;
+	struct seen s = { 0 };
+	int ret;
+
+	pthread_setname_np(pthread_self(), "sp-prune");
+	setpriority(PRIO_PROCESS, 0, 19);
+	walk_seen = &s;
+	ret = nftw(a->root, walk_one, 16,
+		   FTW_PHYS | FTW_MOUNT | FTW_ACTIONRETVAL);
+	if (walk_stop)
+		ret = 0; /* unmounting: a partial walk must not prune */
+	else if (ret == 0)
+		ret = dedup_prune_missing(a->d, exists, &s);
+	else
+		ret = -ENOMEM;
+	if (ret)
+		log_warn("pruning the store of deleted files: %s", strerror(-ret));
+	free(s.key);
+	free(a->root);
+	free(a);
+	return NULL;
+}
+
+int prune_start(struct dedup *d, const char *backing, pthread_t *out)
+{
+	struct prune_arg *a = calloc(1, sizeof(*a));
+	int ret;
+
+	if (!a)
+		return -ENOMEM;
+	a->d = d;
+	a->root = strdup(backing);
+	if (!a->root) {
+		free(a);
+		return -ENOMEM;
+	}
+	ret = pthread_create(out, NULL, prune_main, a);
+	if (ret) {
+		free(a->root);
+		free(a);
+		return -ret;
+	}
+	return 0;
+}
+
+void prune_stop(pthread_t t)
+{
+	walk_stop = 1;
+	pthread_join(t, NULL);
+}
