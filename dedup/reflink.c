@@ -55,9 +55,11 @@ static bool ident_same(const struct cfile_ident *a, const struct cfile_ident *b)
 
 static struct extmap *extmap_read(int fd, const struct cfile_ident *id)
 {
-	struct {
+	/* struct fiemap ends in a flexible array: room for it, aligned. */
+	union {
 		struct fiemap fm;
-		struct fiemap_extent fe[FIEMAP_BATCH];
+		char room[sizeof(struct fiemap) +
+			  FIEMAP_BATCH * sizeof(struct fiemap_extent)];
 	} q;
 	struct extmap *m = calloc(1, sizeof(*m));
 	uint64_t start = 0;
@@ -101,7 +103,7 @@ static struct extmap *extmap_read(int fd, const struct cfile_ident *id)
 			m = g;
 		}
 		for (uint32_t i = 0; i < q.fm.fm_mapped_extents; i++) {
-			struct fiemap_extent *fe = &q.fe[i];
+			struct fiemap_extent *fe = &q.fm.fm_extents[i];
 
 			m->e[m->n++] = (struct extent){ fe->fe_logical,
 							fe->fe_physical,

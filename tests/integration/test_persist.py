@@ -1,0 +1,341 @@
+"""Persistence through the LMDB store (state_dir): a restarted daemon knows
+which pages are identical without reading or hashing them again, never
+trusts a fingerprint of a file that changed, refuses a damaged store with
+one clear message, forgets deleted files and survives being killed.
+"""
+
+import hashlib
+import os
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sp  # noqa: E402
+
+KiB = 1 << 10
+MiB = 1 << 20
+PAGE = 4096
+
+
+def sha1(data):
+    return hashlib.sha1(data).hexdigest()
+
+
+def sha1_path(path):
+    h = hashlib.sha1()
+    with open(path, 'rb', buffering=0) as f:
+        while True:
+            b = f.read(MiB)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def store_counts(state_dir):
+    """Entries per database of the store, from `samepagectl store`."""
+    r = subprocess.run([sp.SAMEPAGECTL, 'store', state_dir],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise unittest.SkipTest(f'samepagectl store cannot read the store: '
+                                f'{r.stderr.strip()}')
+    out = {}
+    for m in re.finditer(r'^(\w+) +(\d+) ', r.stdout, re.M):
+        out[m.group(1)] = int(m.group(2))
+    if 'files' not in out:
+        raise unittest.SkipTest('samepagectl store does not list the files '
+                                f'database:\n{r.stdout}')
+    return out
+
+
+class PersistCase(sp.MountTestCase):
+    mount_opts = ('cache_size=256M',)
+
+    def copies(self, n, size, prefix='copy'):
+        data = os.urandom(size)
+        names = [f'{prefix}{i}' for i in range(n)]
+        for name in names:
+            sp.write_file(self.m.bpath(name), data)
+        return names, sha1(data)
+
+    def read_all(self, names):
+        return {n: sha1_path(self.m.path(n)) for n in names}
+
+    def state(self):
+        return self.m.bpath('.samepage')
+
+
+class WarmRestart(PersistCase):
+    NCOPIES = 8
+    SIZE = 16 * MiB
+
+    def test_restart_unchanged_8_copies_reads_one_hashes_none(self):
+        names, want = self.copies(self.NCOPIES, self.SIZE)
+        self.assertEqual(set(self.read_all(names).values()), {want})
+        self.assertEqual(self.m.stop(), 0, self.m.log()[-3000:])
+        sp.drop_caches()
+        self.m.start()
+        got = self.read_all(names)
+        st = self.m.stats()
+        self.assertEqual(set(got.values()), {want}, got)
+        pages = self.NCOPIES * self.SIZE // PAGE
+        self.assertLessEqual(st['backing_read_bytes'], 1.2 * self.SIZE,
+                             f'warm restart read more than one copy: {st}')
+        self.assertLessEqual(st['hashes_computed'], 0.05 * pages,
+                             f'warm restart hashed pages the store knew: '
+                             f'{st}')
+        self.assertGreaterEqual(st['pages_sharing'],
+                                0.95 * (self.NCOPIES - 1) * self.SIZE / PAGE,
+                                st)
+
+
+class ChangedBehind(PersistCase):
+
+    def _patch_keep_mtime(self, path, page, data):
+        st = os.stat(path)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, page * PAGE)
+        finally:
+            os.close(fd)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        st2 = os.stat(path)
+        self.assertEqual((st2.st_size, st2.st_mtime_ns),
+                         (st.st_size, st.st_mtime_ns))
+
+    def test_changed_while_unmounted_same_size_old_mtime_serves_new(self):
+        names, want = self.copies(3, 1 * MiB)
+        self.read_all(names)
+        self.assertEqual(self.m.stop(), 0, self.m.log()[-3000:])
+        patch = os.urandom(PAGE)
+        self._patch_keep_mtime(self.m.bpath('copy0'), 5, patch)
+        new = sp.read_file(self.m.bpath('copy0'))
+        self.m.start()
+        # Copies first: their frames are what a stale fingerprint of
+        # copy0 would map it to.
+        self.assertEqual(sha1_path(self.m.path('copy1')), want)
+        self.assertEqual(sha1_path(self.m.path('copy2')), want)
+        got = sp.read_file(self.m.path('copy0'))
+        self.assertEqual(got[5 * PAGE:6 * PAGE], patch,
+                         'a page changed behind the mount (size and mtime '
+                         'restored) is served from the old fingerprint')
+        self.assertEqual(sha1(got), sha1(new))
+
+    def test_changed_while_mounted_closed_file_reopen_serves_new(self):
+        names, want = self.copies(3, 1 * MiB)
+        self.read_all(names)
+        patch = os.urandom(PAGE)
+        self._patch_keep_mtime(self.m.bpath('copy1'), 7, patch)
+        got = sp.read_file(self.m.path('copy1'))
+        self.assertEqual(got[7 * PAGE:8 * PAGE], patch)
+        self.assertEqual(sha1_path(self.m.path('copy2')), want)
+
+
+class DamagedStore(PersistCase):
+
+    def _make_store(self):
+        names, want = self.copies(3, 1 * MiB)
+        self.read_all(names)
+        self.assertEqual(self.m.stop(), 0, self.m.log()[-3000:])
+        mdb = os.path.join(self.state(), 'data.mdb')
+        self.assertTrue(os.path.isfile(mdb))
+        return names, want, mdb
+
+    def _run_refused(self, foreground):
+        cmd = ([sp.SAMEPAGEFS] + (['-f'] if foreground else [])
+               + ['-o', ','.join(self.m.opts), self.m.backing, self.m.mnt])
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True,
+                               timeout=20)
+        except subprocess.TimeoutExpired:
+            self.fail(f'{cmd} still running after 20 s on a damaged store')
+        finally:
+            if sp.is_mounted(self.m.mnt):
+                subprocess.run(['umount', '-l', self.m.mnt])
+                pid = sp.find_daemon_pid(self.m.mnt)
+                if pid:
+                    os.kill(pid, 9)
+                self.fail(f'{cmd} left a mount on a damaged store')
+        return r
+
+    def assertRefusedWithMessage(self, what):
+        for fg in (True, False):
+            with self.subTest(what=what, foreground=fg):
+                r = self._run_refused(fg)
+                self.assertNotEqual(r.returncode, 0, f'{what}: mounted')
+                self.assertGreater(r.returncode, 0,
+                                   f'{what}: killed by a signal '
+                                   f'{-r.returncode}\n{r.stderr}')
+                err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+                self.assertEqual(len(err), 1, f'{what}: want one message, '
+                                 f'got {err}')
+                self.assertIn(self.state(), err[0])
+                self.assertIn('rebuild_state', err[0])
+                self.assertFalse(sp.is_mounted(self.m.mnt))
+
+    def _rebuild_and_check(self, names, want):
+        self.m.opts = list(self.mount_opts) + ['rebuild_state']
+        self.m.start()
+        self.assertEqual(set(self.read_all(names).values()), {want})
+        self.assertEqual(self.m.stop(), 0, self.m.log()[-3000:])
+        # The rebuilt store opens without the option.
+        self.m.opts = list(self.mount_opts)
+        self.m.start()
+        self.assertEqual(set(self.read_all(names).values()), {want})
+
+    def test_garbage_data_mdb_refused_one_message_rebuild_state_mounts(self):
+        names, want, mdb = self._make_store()
+        sp.write_file(mdb, os.urandom(64 * KiB))
+        self.assertRefusedWithMessage('data.mdb of random bytes')
+        self._rebuild_and_check(names, want)
+
+    def test_store_with_damaged_btree_pages_never_crashes_or_lies(self):
+        names, want, mdb = self._make_store()
+        size = os.path.getsize(mdb)
+        rng = random.Random(3)
+        with open(mdb, 'r+b') as f:
+            # Keep LMDB's two meta pages, smash the tree pages after them.
+            for off in range(2 * PAGE, size, PAGE):
+                f.seek(off + rng.randrange(PAGE - 64))
+                f.write(os.urandom(64))
+        try:
+            self.m.start()
+        except sp.MountError:
+            # Refused: with the message, and not by a crash.
+            rc = self.m.returncode
+            self.assertGreater(rc, 0, f'killed by signal {-rc}:\n'
+                               f'{self.m.log()[-3000:]}')
+            self.assertIn('rebuild_state', self.m.log())
+            self.assertIn(self.state(), self.m.log())
+        else:
+            # The damage was not seen at open: then no page may be served
+            # wrong, and the daemon must not crash on the way.
+            self.assertEqual(set(self.read_all(names).values()), {want})
+            new = os.urandom(64 * KiB)
+            sp.write_file(self.m.path('new'), new)
+            self.assertEqual(sp.read_file(self.m.path('new')), new)
+            self.assertEqual(self.m.stop(), 0, self.m.log()[-3000:])
+        self._rebuild_and_check(names, want)
+
+
+class DeletedFile(PersistCase):
+
+    def files_after_stop(self):
+        self.assertEqual(self.m.stop(), 0, self.m.log()[-3000:])
+        return store_counts(self.state())['files']
+
+    def test_deleted_file_records_leave_the_store(self):
+        names, want = self.copies(5, 256 * KiB)
+        self.read_all(names)
+        n0 = self.files_after_stop()
+        self.assertGreaterEqual(n0, 5)
+
+        # Read in this session, then deleted through the mount.
+        self.m.start()
+        sha1_path(self.m.path('copy4'))
+        os.unlink(self.m.path('copy4'))
+        n1 = self.files_after_stop()
+        self.assertEqual(n1, n0 - 1, 'records of a file read, then deleted '
+                         'through the mount')
+
+        # Deleted through the mount without being opened since the mount.
+        self.m.start()
+        os.unlink(self.m.path('copy3'))
+        n2 = self.files_after_stop()
+        self.assertEqual(n2, n1 - 1, 'records of a file deleted through the '
+                         'mount without being opened first')
+
+        # Deleted behind the mount: pruned at the latest while the next
+        # mount runs (a background pass).
+        os.unlink(self.m.bpath('copy2'))
+        self.m.start()
+        self.assertEqual(sha1_path(self.m.path('copy0')), want)
+        time.sleep(2)
+        n3 = self.files_after_stop()
+        self.assertEqual(n3, n2 - 1, 'records of a file deleted behind the '
+                         'mount')
+
+
+class KillDuringIO(PersistCase):
+
+    def test_kill9_during_reads_and_writes_store_opens_data_right(self):
+        names, want = self.copies(6, 4 * MiB)
+        synced = {}
+        stop = threading.Event()
+
+        def reader(k):
+            rng = random.Random(k)
+            while not stop.is_set():
+                try:
+                    name = rng.choice(names)
+                    with open(self.m.path(name), 'rb') as f:
+                        f.seek(rng.randrange(4 * MiB // PAGE) * PAGE)
+                        f.read(256 * KiB)
+                except OSError:
+                    return
+
+        def writer():
+            i = 0
+            while not stop.is_set():
+                data = os.urandom(rng_size[i % len(rng_size)])
+                name = f'w{i}'
+                try:
+                    with open(self.m.path(name), 'wb') as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError:
+                    return
+                synced[name] = sha1(data)
+                # Also change a copy, through the mount.
+                try:
+                    fd = os.open(self.m.path(names[i % 3]), os.O_WRONLY)
+                    try:
+                        os.pwrite(fd, b'x' * 100, i * PAGE)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    return
+                changed.add(names[i % 3])
+                i += 1
+
+        rng_size = [300 * KiB, 1 * MiB + 3, 17 * PAGE]
+        changed = set()
+        threads = [threading.Thread(target=reader, args=(k,), daemon=True)
+                   for k in range(3)]
+        threads.append(threading.Thread(target=writer, daemon=True))
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        log_at = len(self.m.log())
+        self.m.kill9()
+        stop.set()
+        for t in threads:
+            t.join(30)
+        self.assertFalse([t for t in threads if t.is_alive()],
+                         'I/O still blocked after the daemon was killed')
+        self.assertGreater(len(synced), 0, 'the writer made no progress')
+
+        self.m.start()
+        lines = [ln for ln in self.m.log()[log_at:].splitlines()
+                 if ln.strip() and 'mounted' not in ln]
+        self.assertFalse(lines, f'complaints after the crash: {lines}')
+        for name, h in synced.items():
+            self.assertEqual(sha1_path(self.m.path(name)), h, name)
+        for name in names:
+            if name not in changed:
+                self.assertEqual(sha1_path(self.m.path(name)), want, name)
+        # Mounted copies still match the disk, changed or not.
+        for name in names:
+            self.assertEqual(sha1_path(self.m.path(name)),
+                             sha1_path(self.m.bpath(name)), name)
+
+
+if __name__ == '__main__':
+    sp.main()
