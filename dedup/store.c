@@ -1,8 +1,9 @@
 /*
  * store: opening and closing the LMDB store, and the calls made on the
  * caller's thread: the read path (store_file_match, store_get_fps, stats)
- * and queueing updates for the writer thread (store_writer.c). See store.h
- * for the schema and the contract, store_i.h for the locking and masks.
+ * and queueing updates for the writer thread (store_writer.c), with the
+ * masks that keep invalidated fingerprints from being read meanwhile. See
+ * store.h for the schema and the contract, store_i.h for the locking.
  *
  * One daemon owns a state directory at a time: it holds an exclusive
  * flock() on the directory while the store is open. That is what lets
@@ -20,17 +21,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static const char *const store_db_names[SDB_COUNT] = {
-	[SDB_META] = "meta",
-	[SDB_FILES] = "files",
-	[SDB_PAGES] = "pages",
-	[SDB_FPS] = "fps",
-};
-
-#define STORE_MAX_READERS 512
-/* How long store_open waits for another opener to let go (50 ms steps). */
-#define STORE_LOCK_TRIES 40
 
 /* ---- masks (q_lock held) ---- */
 
@@ -371,6 +361,7 @@ int store_sync(struct store *s)
 int store_prune_missing(struct store *s, store_exists_cb exists, void *arg)
 {
 	uint8_t k[STORE_FILE_KEY] = { 0 }, v[STORE_FILE_VAL];
+	uint8_t start[STORE_FILE_KEY];
 	uint64_t dev[PRUNE_CHUNK], ino[PRUNE_CHUNK];
 	MDB_cursor_op op;
 	unsigned n, i;
@@ -384,10 +375,16 @@ int store_prune_missing(struct store *s, store_exists_cb exists, void *arg)
 	for (;;) {
 		n = 0;
 		op = MDB_SET_RANGE;
+		memcpy(start, k, sizeof(k));
 		stxn_begin(s, &t, false);
 		while (n < PRUNE_CHUNK && stxn_seek(&t, SDB_FILES, op, k,
 						    sizeof(k), v, sizeof(v))) {
 			op = MDB_NEXT;
+			if (memcmp(k, start, sizeof(k)) < 0) {
+				/* Misordered: going on could loop. */
+				stxn_fail(&t, MDB_CORRUPTED);
+				break;
+			}
 			dev[n] = store_get64(k);
 			ino[n] = store_get64(k + 8);
 			n++;
@@ -438,6 +435,17 @@ void store_get_stats(struct store *s, struct store_stats *st)
 }
 
 /* ---- open and close ---- */
+
+static const char *const store_db_names[SDB_COUNT] = {
+	[SDB_META] = "meta",
+	[SDB_FILES] = "files",
+	[SDB_PAGES] = "pages",
+	[SDB_FPS] = "fps",
+};
+
+#define STORE_MAX_READERS 512
+/* How long store_open waits for another opener to let go (50 ms steps). */
+#define STORE_LOCK_TRIES 40
 
 static int store_alloc(const char *dir, uint64_t quota, bool readonly,
 		       struct store **out)
@@ -509,6 +517,8 @@ static int store_mkdir_p(const char *dir)
 	char *path, *p;
 	int ret = 0;
 
+	if (!*dir)
+		return -ENOENT;
 	path = strdup(dir);
 	if (!path)
 		return -ENOMEM;

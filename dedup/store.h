@@ -37,13 +37,14 @@
  * has made wrong is never handed out. Puts need no such care: a page
  * not yet committed is merely not known.
  *
- * Failures: a full map grows it (up to the quota), a full quota prunes
- * the fingerprints least likely to pay (unique pages of the files used
- * longest ago) first, and a commit that still fails (full disk, read-only
- * state directory) pauses persistence with one logged warning: the mount
- * keeps serving correct data, only without persistence. Paused, the
- * update calls return 0 without queueing and reads go on from what was
- * committed.
+ * Failures: a full map grows it (up to the quota: data.mdb never gets
+ * larger), a full quota (the map full at the quota, or live pages past
+ * 90% of it) prunes 30% of the pages records, those least likely to pay
+ * first (unique pages of the files used longest ago, then whole files),
+ * and a commit that still fails (full disk, read-only state directory)
+ * pauses persistence with one logged warning: the mount keeps serving
+ * correct data, only without persistence. Paused, the update calls return
+ * 0 without queueing and reads go on from what was committed.
  *
  * Ownership: an open store holds an exclusive flock() on its directory,
  * so it is checked before LMDB maps it (LMDB trusts its file; a damaged
@@ -90,7 +91,8 @@ struct store_stats {
 	uint64_t pages;            /* page fingerprints */
 	uint64_t distinct;         /* distinct fingerprints */
 	uint64_t dup_pages;        /* pages - distinct: potential saving */
-	uint64_t bytes;            /* size of the environment in use */
+	uint64_t bytes;            /* pages the trees use (data.mdb may be
+				    * larger: LMDB reuses, never shrinks) */
 	uint64_t quota_bytes;
 	uint64_t commits, commit_errors, pruned_pages;
 	bool paused;               /* persistence paused after a failure */

@@ -9,13 +9,14 @@
  * directory, so before opening we walk the newest snapshot the way LMDB
  * reaches it and refuse whatever it could trip over:
  *
- *   - both meta pages: magic, version, page size, flags, last page;
+ *   - both meta pages: magic, version, page size; for the newer one
+ *     also its place (commit N writes page N % 2) and last page;
  *   - every tree (free pages, main, each named database): page headers,
  *     node bounds, nodes that do not overlap (a delete shifts the nodes
  *     below by the deleted one's size), child and overflow page numbers
  *     inside the file, equal leaf depth, no page reached twice;
- *   - the free lists: sorted, inside the file, owned by no tree, no page
- *     listed twice.
+ *   - the free lists: keyed by past commits, sorted, inside the file,
+ *     owned by no tree, no page listed twice.
  *
  * Only what the store uses is accepted: no DUPSORT (no sub-pages, no
  * LEAF2 pages), no fixed map, plain records nowhere but in named
@@ -88,6 +89,7 @@ struct ck {
 	uint32_t psize;
 	uint64_t filepages;    /* whole pages in the file */
 	uint64_t last_pg;      /* of the meta in use */
+	uint64_t txnid;        /* of the meta in use */
 	uint8_t *seen;         /* one bit per file page: owned already */
 	uint64_t *late;        /* free pages past EOF, for duplicates */
 	size_t nlate, cap_late;
@@ -212,7 +214,11 @@ static int ck_leaf_node(struct ck *c, const uint8_t *page, unsigned off,
 		return -EBADMSG;
 	switch (kind) {
 	case CK_FREE:
-		if (nflags & F_SUBDATA)
+		/* Keyed by the id of the commit that freed the pages: LMDB
+		 * would never retire a record keyed 0, and would overwrite
+		 * one from the future. */
+		if (nflags & F_SUBDATA || !rd64(node + NODESIZE) ||
+		    rd64(node + NODESIZE) > c->txnid)
 			return -EBADMSG;
 		return ck_idl_shape(data, dsize, c->last_pg);
 	case CK_MAIN:
@@ -468,14 +474,18 @@ static int ck_run(struct ck *c)
 		return ret;
 	if (rd32(m1 + MM_DBS) != c->psize)
 		return -EBADMSG;
-	/* The newer one, as LMDB picks it (a tie goes to page 0). */
+	/* The newer one, as LMDB picks it (a tie goes to page 0). Commit N
+	 * writes meta page N % 2, and readers pick the page that way. */
 	m = rd64(m0 + MM_TXNID) < rd64(m1 + MM_TXNID) ? m1 : m0;
+	if ((rd64(m + MM_TXNID) & 1) != (m == m1))
+		return -EBADMSG;
 	c->filepages = c->size / c->psize;
 	last = rd64(m + MM_LAST_PG);
 	if (last < 1 || last >= MAX_MAP / c->psize ||
 	    last >= c->filepages + MAX_UNWRITTEN)
 		return -EBADMSG;
 	c->last_pg = last;
+	c->txnid = rd64(m + MM_TXNID);
 	c->seen = calloc(c->filepages / 8 + 1, 1);
 	if (!c->seen)
 		return -ENOMEM;

@@ -1,8 +1,9 @@
 /*
  * store_i: the insides of struct store, shared by store.c (open, close,
- * the caller-side API), store_txn.c (LMDB error mapping, the transaction
- * wrapper, record codecs), store_writer.c (the writer thread: batches, map
- * growth, quota pruning) and store_check.c (the file check before open).
+ * the caller-side API: reads, queueing, masks), store_txn.c (LMDB error
+ * mapping, the transaction wrapper, record codecs), store_writer.c (the
+ * writer thread: batches, map growth, quota pruning) and store_check.c
+ * (the file check before open).
  *
  * Locking (never nested; no LMDB call is made under q_lock):
  *   q_lock    the queue, the sequence numbers, stop/sync flags, the mask
@@ -118,6 +119,8 @@ struct store {
 
 	pthread_t writer;
 	bool writer_started;                /* immutable after open */
+	uint64_t prune_mark;                /* writer: pages records when it
+					     * last pruned */
 
 	_Atomic uint64_t commits, commit_errors, pruned_pages, queue_full;
 };

@@ -25,6 +25,11 @@
  */
 #include "store_i.h"
 
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/mman.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,6 +154,11 @@ static uint64_t page_drop_some(struct wctx *w, uint64_t fid, uint64_t *from,
 		index = store_get64(k + 8);
 		if (store_get64(k) != fid || index >= end)
 			break;
+		if (index < *from) {
+			/* Below what we asked for: a misordered tree. */
+			stxn_fail(&w->t, MDB_CORRUPTED);
+			break;
+		}
 		store_fp_dec(v, &fp);
 		fps_unref(w, &fp, fid, index);
 		stxn_del(&w->t, SDB_PAGES, k, sizeof(k));
@@ -290,17 +300,6 @@ static int store_grow_map(struct store *s)
 	return store_errno(rc);
 }
 
-static uint64_t store_used_now(struct store *s)
-{
-	struct stxn t;
-	uint64_t used;
-
-	stxn_begin(s, &t, false);
-	used = stxn_used_bytes(&t);
-	stxn_abort(&t);
-	return used;
-}
-
 struct prune_file {
 	uint64_t last_used_s, fid, dev, ino;
 };
@@ -382,6 +381,37 @@ static enum prune_result prune_commit(struct pruner *p, struct wctx *w,
 	return p->done >= p->goal ? PRUNE_DONE : PRUNE_MORE;
 }
 
+/*
+ * The store lives on disk: once a batch is committed, its pages need be
+ * neither in the daemon's address space (they would count in its RSS) nor
+ * in the kernel's page cache. Readers fault back in what they touch.
+ */
+static void release_map(struct store *s)
+{
+	char line[4200], want[PATH_MAX + 16];
+	FILE *maps;
+	int fd;
+
+	/* LMDB does not say where it mapped the file (me_mapaddr is set for
+	 * MDB_FIXEDMAP only): find the mapping of data.mdb. */
+	snprintf(want, sizeof(want), "%s/data.mdb", s->dir);
+	maps = fopen("/proc/self/maps", "re");
+	while (maps && fgets(line, sizeof(line), maps)) {
+		unsigned long lo, hi;
+		char *path = strchr(line, '/');
+
+		if (!path || sscanf(line, "%lx-%lx", &lo, &hi) != 2)
+			continue;
+		path[strcspn(path, "\n")] = '\0';
+		if (!strcmp(path, want))
+			madvise((void *)lo, hi - lo, MADV_DONTNEED);
+	}
+	if (maps)
+		fclose(maps);
+	if (mdb_env_get_fd(s->env, &fd) == 0)
+		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+}
+
 /* Drop the pages of fid that share their content with no other page. */
 static enum prune_result prune_unique(struct pruner *p, uint64_t fid)
 {
@@ -403,6 +433,10 @@ static enum prune_result prune_unique(struct pruner *p, uint64_t fid)
 			index = store_get64(k + 8);
 			if (store_get64(k) != fid)
 				break;
+			if (index < next) {
+				stxn_fail(&w.t, MDB_CORRUPTED);
+				break;
+			}
 			memcpy(fk, v, sizeof(fk));      /* same encoding */
 			if (stxn_get(&w.t, SDB_FPS, fk, sizeof(fk), fv,
 				     sizeof(fv)) && store_get64(fv) <= 1) {
@@ -476,9 +510,9 @@ static void store_prune(struct store *s)
 	size_t n, i;
 
 	stxn_begin(s, &t, false);
-	p.goal = stxn_entries(&t, SDB_PAGES) / 100 *
-		 (100 - STORE_PRUNE_LOW) + 1;
+	s->prune_mark = stxn_entries(&t, SDB_PAGES);
 	stxn_abort(&t);
+	p.goal = s->prune_mark / 100 * (100 - STORE_PRUNE_LOW) + 1;
 	files = prune_list(s, &n);
 	for (i = 0; i < n && res == PRUNE_MORE; i++)
 		res = prune_unique(&p, files[i].fid);
@@ -510,11 +544,22 @@ static int store_empty(struct store *s)
 	return ret;
 }
 
-/* Prune before the map is full where we can: in a large store, a batch
- * copies a small share of the pages and the live ones can come close. */
+/*
+ * Prune before the map is full where we can: in a large store, a batch
+ * copies a small share of the pages and the live ones can come close.
+ * Not again until the records we dropped have been replaced, though:
+ * their room is inside pages that still count as live.
+ */
 static void store_check_quota(struct store *s)
 {
-	if (store_used_now(s) > s->quota / 100 * STORE_PRUNE_HIGH)
+	struct stxn t;
+	uint64_t used, pages;
+
+	stxn_begin(s, &t, false);
+	used = stxn_used_bytes(&t);
+	pages = stxn_entries(&t, SDB_PAGES);
+	stxn_abort(&t);
+	if (used > s->quota / 100 * STORE_PRUNE_HIGH && pages >= s->prune_mark)
 		store_prune(s);
 }
 
@@ -534,6 +579,7 @@ static int store_apply(struct store *s, const struct store_op *ops, size_t n)
 		ret = wctx_commit(&w);
 		if (!ret) {
 			atomic_fetch_add(&s->commits, 1);
+			release_map(s);
 			return 0;
 		}
 		rc = w.t.rc;

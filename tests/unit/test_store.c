@@ -477,6 +477,7 @@ static void test_readonly_state_dir_pauses_reads_work(void)
 	struct store *s;
 	uint64_t fid;
 	bool right;
+	int ret;
 
 	if (!mount_tmpfs(dir, "size=64m")) {
 		printf("skip test_readonly_state_dir (cannot mount: %s)\n",
@@ -508,7 +509,8 @@ static void test_readonly_state_dir_pauses_reads_work(void)
 	put_range(s, &id, 0, 8, 51);
 	CHECK_EQ(store_sync(s), 0);
 	put_range(s, &other, 0, 60000, 52);
-	CHECK_EQ(store_sync(s), -ENOSPC);
+	ret = store_sync(s);
+	CHECK(ret == -ENOSPC || ret == -EIO);   /* LMDB: EIO on short write */
 	store_get_stats(s, &st);
 	CHECK(st.paused);
 	CHECK(st.commit_errors > 0);
