@@ -229,7 +229,6 @@ unsigned cache_evict_locked(struct cache *c, unsigned want)
 uint32_t cache_frame_alloc(struct cache *c, bool wait)
 {
 	uint32_t fid;
-	unsigned rounds = 0;
 
 	pthread_mutex_lock(&c->map_lock);
 	for (;;) {
@@ -253,10 +252,8 @@ uint32_t cache_frame_alloc(struct cache *c, bool wait)
 			ts.tv_nsec -= 1000000000;
 		}
 		pthread_cond_timedwait(&c->frames_freed, &c->map_lock, &ts);
-		rounds++;
 	}
 	pthread_mutex_unlock(&c->map_lock);
-	(void)rounds;
 	return fid;
 }
 

@@ -22,13 +22,6 @@ void stree_fini(struct stree *t)
 	t->cap = t->used = t->tombs = 0;
 }
 
-void stree_clear(struct stree *t)
-{
-	if (t->slots)
-		memset(t->slots, 0, (size_t)t->cap * sizeof(*t->slots));
-	t->used = t->tombs = 0;
-}
-
 static uint32_t home(uint64_t key, uint32_t cap)
 {
 	key ^= key >> 33;

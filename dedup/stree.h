@@ -30,7 +30,6 @@ struct stree {
 
 void stree_init(struct stree *t, stree_key_fn key, void *arg);
 void stree_fini(struct stree *t);
-void stree_clear(struct stree *t);
 int stree_insert(struct stree *t, uint32_t fid);
 /* Remove fid (looked up by its key, which must not have changed). */
 void stree_remove(struct stree *t, uint32_t fid);
