@@ -3,8 +3,8 @@
 # packages, meson build dirs. Source it from the repo root; needs bash.
 
 SAMEPAGE_DEBS=(build-essential pkg-config meson ninja-build libfuse3-dev fuse3
-	liburing-dev libxxhash-dev liblmdb-dev lmdb-utils fio xfsprogs attr
-	python3 util-linux gnuplot-nox stress-ng clang)
+	liburing-dev libxxhash-dev libssl-dev liblmdb-dev lmdb-utils fio xfsprogs
+	attr python3 util-linux gnuplot-nox stress-ng clang)
 
 step() { printf '\n==> %s\n' "$*"; }
 info() { printf '    %s\n' "$*"; }
