@@ -174,7 +174,7 @@ static void queue_page(struct dedup *d, struct cfile *f, uint64_t index,
 		       uint64_t lo, uint64_t hi)
 {
 	struct store_ident id;
-	struct store_fp fp = { lo, hi };
+	struct store_fp fp = { .lo = lo, .hi = hi };
 
 	to_store_ident(&f->ident, &id);
 	store_put_page(d->store, &id, index, &fp); /* full queue: skipped */

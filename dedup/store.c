@@ -607,6 +607,7 @@ static int store_check_meta(struct stxn *t, bool create)
 			 STORE_KEYLEN(STORE_META_NEXT_FID), v8, sizeof(v8));
 		return 0;
 	}
+	t->s->found_format = store_get32(v4);
 	if (store_get32(v4) != STORE_FORMAT)
 		return -EPROTO;
 	found = stxn_get(t, SDB_META, STORE_META_PAGE_SIZE,
@@ -742,6 +743,25 @@ static int store_start_writer(struct store *s)
 	return 0;
 }
 
+/*
+ * A store of format 1 holds XXH3 fingerprints only, which a page may not
+ * be mapped on unread (store.h). Not upgraded: a digest needs the page,
+ * which the store has not. Rebuilt, with one line, whatever rebuild says:
+ * it is our own older store, not a foreign or damaged one.
+ */
+static int store_rebuild_old(struct store *s)
+{
+	int ret = store_remove_files(s);
+
+	if (!ret)
+		ret = store_open_env(s, true);
+	if (!ret)
+		fprintf(stderr, "samepagefs: store %s has format %u (no "
+			"cryptographic digests): rebuilt\n", s->dir,
+			STORE_FORMAT_NO_DIGEST);
+	return ret;
+}
+
 int store_open(const char *dir, uint64_t quota_bytes, bool rebuild,
 	       struct store **out)
 {
@@ -769,6 +789,8 @@ int store_open(const char *dir, uint64_t quota_bytes, bool rebuild,
 		goto out_free;
 
 	ret = store_open_env(s, true);
+	if (ret == -EPROTO && s->found_format == STORE_FORMAT_NO_DIGEST)
+		ret = store_rebuild_old(s);
 	if ((ret == -EBADMSG || ret == -EPROTO) && rebuild) {
 		ret = store_remove_files(s);
 		if (!ret)
@@ -780,7 +802,14 @@ int store_open(const char *dir, uint64_t quota_bytes, bool rebuild,
 		int err = ret;
 
 		s->readonly = true;
+		s->found_format = 0;
 		ret = store_open_env(s, false);
+		if (ret == -EPROTO && s->found_format == STORE_FORMAT_NO_DIGEST) {
+			/* Not to be read, and not ours to rebuild: none. */
+			store_pause(s, err, "format 1 (no cryptographic "
+				    "digests), cannot rebuild it");
+			goto out_ok;
+		}
 		if (ret && ret != -ENOENT)
 			goto out_free;
 		store_pause(s, err, "open");

@@ -12,13 +12,20 @@
  *          val  file_id u64 | size u64 | mtime_ns i64 | ctime_ns i64 |
  *               last_used_s u64                            (40 bytes)
  *   pages  key  file_id u64 | page index u64               (16 bytes)
- *          val  fingerprint (XXH3-128, lo u64 | hi u64)    (16 bytes)
- *   fps    key  fingerprint                                (16 bytes)
+ *          val  fingerprint: XXH3-128 lo u64 | hi u64 |
+ *               SHA-256 of the page (32 bytes)             (48 bytes)
+ *   fps    key  fingerprint, as in pages                   (48 bytes)
  *          val  refs u64 (pages with this content) | file_id u64 |
  *               page index u64 (where one copy lives)     (24 bytes)
  *               (file_id and index are all-ones once that copy is
  *               dropped while other copies remain, until a new one is
  *               recorded)
+ *
+ * The XXH3 half finds the resident frames a page may be; the SHA-256 half
+ * is what a page may be mapped on without being read (see fp.h): XXH3
+ * alone does not resist a crafted collision. Format 1 stored XXH3 only;
+ * such a store is never trusted: store_open() rebuilds it (empty) with
+ * one line on stderr, since a digest cannot be had without the page.
  *
  * A file's fingerprints are trusted only while its identity (device,
  * inode, size, mtime and ctime in ns) equals the stored one: any change,
@@ -57,9 +64,11 @@
  * exclusively against readers (mdb_env_set_mapsize needs no live txn).
  *
  * Errors (from store_open): -ENOENT/-EACCES/-ENOTDIR for the directory,
- * -EPROTO for a store of another format version or page size, -EBADMSG
- * for a file that is not an LMDB store or is corrupt. With rebuild set,
- * an unusable store is removed and created afresh instead.
+ * -EPROTO for a store of another format version (but format 1, rebuilt
+ * always) or page size, -EBADMSG for a file that is not an LMDB store or
+ * is corrupt. With rebuild set, an unusable store is removed and created
+ * afresh instead. store_open_readonly() never rebuilds: -EPROTO for
+ * format 1 too.
  * Other calls: -EAGAIN when LMDB's reader table is full (512 readers),
  * -EBADMSG for a record of the wrong size.
  */
@@ -70,7 +79,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STORE_FORMAT 1u
+#define STORE_FORMAT 2u
 #define STORE_BATCH 4096u
 /* quota_bytes 0 means this; less than 4 MiB is raised to 4 MiB. */
 #define STORE_DEFAULT_QUOTA (1ull << 30)
@@ -82,8 +91,11 @@ struct store_ident {
 	int64_t mtime_ns, ctime_ns;
 };
 
+/* A page's fingerprint: XXH3-128 (lo, hi) and SHA-256 (fp.h). */
+#define STORE_SHA256_LEN 32
 struct store_fp {
 	uint64_t lo, hi;
+	uint8_t sha256[STORE_SHA256_LEN];
 };
 
 struct store_stats {

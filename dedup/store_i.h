@@ -36,6 +36,8 @@
 
 /* The page size fingerprints are taken over; stored in meta. */
 #define STORE_PAGE_SIZE 4096u
+/* The format before digests: rebuilt, never read (store.h). */
+#define STORE_FORMAT_NO_DIGEST 1u
 /* Updates waiting for the writer; puts beyond this get -ENOMEM. Updates
  * that invalidate fingerprints may use twice as much (see store_enqueue). */
 #define STORE_QUEUE_MAX (1u << 20)
@@ -100,6 +102,8 @@ struct store {
 	int dir_fd;                         /* holds the flock; -1 if none */
 	uint64_t quota;                     /* immutable */
 	unsigned psize;                     /* immutable: LMDB page size */
+	uint32_t found_format;              /* open only: meta's format, 0
+					     * if none was read */
 	pthread_rwlock_t map_lock;
 
 	pthread_mutex_t q_lock;
@@ -176,8 +180,8 @@ struct store_file_rec {
 #define STORE_FILE_KEY 16
 #define STORE_FILE_VAL 40
 #define STORE_PAGE_KEY 16
-#define STORE_PAGE_VAL 16
-#define STORE_FP_KEY 16
+#define STORE_PAGE_VAL 48
+#define STORE_FP_KEY STORE_PAGE_VAL     /* a pages value is an fps key */
 #define STORE_FP_VAL 24
 
 static inline void store_be64(uint8_t *p, uint64_t v)
@@ -217,8 +221,10 @@ static inline void store_key2(uint8_t k[16], uint64_t a, uint64_t b)
 void store_file_enc(uint8_t v[STORE_FILE_VAL], const struct store_file_rec *r);
 void store_file_dec(const uint8_t v[STORE_FILE_VAL], struct store_file_rec *r);
 bool store_file_is(const struct store_file_rec *r, const struct store_ident *id);
-void store_fp_key(uint8_t k[STORE_FP_KEY], const struct store_fp *fp);
+/* A fingerprint as a pages value, which is also its fps key. */
+void store_fp_enc(uint8_t v[STORE_PAGE_VAL], const struct store_fp *fp);
 void store_fp_dec(const uint8_t v[STORE_PAGE_VAL], struct store_fp *fp);
+bool store_fp_same(const struct store_fp *a, const struct store_fp *b);
 
 /* ---- store_writer.c ---- */
 

@@ -301,13 +301,21 @@ bool store_file_is(const struct store_file_rec *r, const struct store_ident *id)
 	       r->ctime_ns == id->ctime_ns;
 }
 
-void store_fp_key(uint8_t k[STORE_FP_KEY], const struct store_fp *fp)
+void store_fp_enc(uint8_t v[STORE_PAGE_VAL], const struct store_fp *fp)
 {
-	store_key2(k, fp->lo, fp->hi);
+	store_key2(v, fp->lo, fp->hi);
+	memcpy(v + 16, fp->sha256, STORE_SHA256_LEN);
 }
 
 void store_fp_dec(const uint8_t v[STORE_PAGE_VAL], struct store_fp *fp)
 {
 	fp->lo = store_get64(v);
 	fp->hi = store_get64(v + 8);
+	memcpy(fp->sha256, v + 16, STORE_SHA256_LEN);
+}
+
+bool store_fp_same(const struct store_fp *a, const struct store_fp *b)
+{
+	return a->lo == b->lo && a->hi == b->hi &&
+	       !memcmp(a->sha256, b->sha256, STORE_SHA256_LEN);
 }

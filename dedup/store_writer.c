@@ -83,7 +83,7 @@ static void fps_ref(struct wctx *w, const struct store_fp *fp, uint64_t fid,
 {
 	uint8_t k[STORE_FP_KEY], v[STORE_FP_VAL];
 
-	store_fp_key(k, fp);
+	store_fp_enc(k, fp);
 	if (stxn_get(&w->t, SDB_FPS, k, sizeof(k), v, sizeof(v))) {
 		store_be64(v, store_get64(v) + 1);
 		if (store_get64(v + 8) == STORE_WHERE_NONE)
@@ -101,7 +101,7 @@ static void fps_unref(struct wctx *w, const struct store_fp *fp, uint64_t fid,
 	uint8_t k[STORE_FP_KEY], v[STORE_FP_VAL];
 	uint64_t refs;
 
-	store_fp_key(k, fp);
+	store_fp_enc(k, fp);
 	if (!stxn_get(&w->t, SDB_FPS, k, sizeof(k), v, sizeof(v)))
 		return;
 	refs = store_get64(v);
@@ -126,11 +126,11 @@ static void page_set(struct wctx *w, uint64_t fid, uint64_t index,
 	store_key2(k, fid, index);
 	if (stxn_get(&w->t, SDB_PAGES, k, sizeof(k), v, sizeof(v))) {
 		store_fp_dec(v, &old);
-		if (old.lo == fp->lo && old.hi == fp->hi)
+		if (store_fp_same(&old, fp))
 			return;
 		fps_unref(w, &old, fid, index);
 	}
-	store_key2(v, fp->lo, fp->hi);
+	store_fp_enc(v, fp);
 	stxn_put(&w->t, SDB_PAGES, k, sizeof(k), v, sizeof(v));
 	fps_ref(w, fp, fid, index);
 }

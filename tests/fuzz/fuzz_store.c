@@ -73,7 +73,7 @@ static void fuzz_use(struct store *s, bool write)
 {
 	struct store_ident id = { 42, 1, 4096, 1, 1 };
 	struct store_stats st;
-	struct store_fp fps[8], fp = { 1, 2 };
+	struct store_fp fps[8], fp = { .lo = 1, .hi = 2, .sha256 = { 3 } };
 	bool present[8];
 	uint64_t fid;
 
@@ -144,7 +144,11 @@ static int make_seeds(const char *out)
 			return 1;
 		for (unsigned p = 0; p < sizes[i]; p++) {
 			struct store_ident id = { 42, p % 5, 1u << 20, 1, 1 };
-			struct store_fp fp = { p % 7 ? p : 7, 9 };
+			struct store_fp fp = { .lo = p % 7 ? p : 7, .hi = 9 };
+
+			/* Same XXH3, other SHA-256 now and then: both
+			 * kinds of fps key in the seeds. */
+			fp.sha256[0] = (uint8_t)(p % 7 ? p % 7 : p % 3);
 
 			store_put_page(s, &id, p, &fp);
 		}

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #define PG 4096u
 
@@ -36,9 +37,22 @@ static struct store_ident ident(uint64_t ino, uint64_t size)
 static struct store_fp fp_of(unsigned seed, uint64_t i)
 {
 	uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed * 0xBF58476D1CE4E5B9ull;
+	struct store_fp fp;
 
 	x ^= x >> 29;
-	return (struct store_fp){ x, ~x ^ seed };
+	fp.lo = x;
+	fp.hi = ~x ^ seed;
+	for (unsigned k = 0; k < sizeof(fp.sha256); k++)
+		fp.sha256[k] = (uint8_t)(x >> (k % 8 * 8)) ^ (uint8_t)k;
+	return fp;
+}
+
+static const struct store_fp fp_12 = { .lo = 1, .hi = 2 };
+
+static bool fp_same(const struct store_fp *a, const struct store_fp *b)
+{
+	return a->lo == b->lo && a->hi == b->hi &&
+	       !memcmp(a->sha256, b->sha256, sizeof(a->sha256));
 }
 
 static struct store *open_ok(const char *dir, uint64_t quota)
@@ -81,7 +95,7 @@ static unsigned count_fps(struct store *s, uint64_t fid, uint64_t first,
 		if (!present[i])
 			continue;
 		found++;
-		if (fps[i].lo != want.lo || fps[i].hi != want.hi)
+		if (!fp_same(&fps[i], &want))
 			*right = false;
 	}
 	return found;
@@ -238,7 +252,7 @@ static void test_refcounts_follow_put_overwrite_forget(void)
 {
 	struct store *s = open_ok(case_dir("refs"), 0);
 	struct store_ident a = ident(11, PG), b = ident(12, 2 * PG);
-	struct store_fp same = fp_of(5, 0), other = fp_of(6, 0);
+	struct store_fp same = fp_of(5, 0), other = fp_of(6, 0), twin;
 	struct store_stats st;
 
 	REQUIRE(store_put_page(s, &a, 0, &same) == 0);
@@ -257,6 +271,30 @@ static void test_refcounts_follow_put_overwrite_forget(void)
 	CHECK_EQ(st.pages, 3);
 	CHECK_EQ(st.distinct, 2);
 	CHECK_EQ(st.dup_pages, 1);
+
+	/* The same XXH3 with another SHA-256 (a crafted collision) is
+	 * another content, and overwrites like one. */
+	twin = same;
+	twin.sha256[0] ^= 1;
+	REQUIRE(store_put_page(s, &b, 0, &twin) == 0);
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.pages, 3);
+	CHECK_EQ(st.distinct, 3);
+	{
+		struct store_fp fps[2];
+		bool present[2];
+		uint64_t fid;
+
+		REQUIRE(store_file_match(s, &b, &fid) == 0);
+		CHECK_EQ(store_get_fps(s, fid, 0, 2, fps, present), 0);
+		CHECK(present[0] && fp_same(&fps[0], &twin));
+		CHECK(present[1] && fp_same(&fps[1], &other));
+	}
+	REQUIRE(store_put_page(s, &b, 0, &same) == 0);
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.distinct, 2);
 
 	CHECK_EQ(store_forget_file(s, b.dev, b.ino), 0);
 	CHECK_EQ(store_sync(s), 0);
@@ -497,7 +535,7 @@ static void test_readonly_state_dir_pauses_reads_work(void)
 	CHECK_EQ(store_file_match(s, &id, &fid), 0);
 	CHECK_EQ(count_fps(s, fid, 0, 8, 51, &right), 8);
 	CHECK(right);
-	CHECK_EQ(store_put_page(s, &other, 0, &(struct store_fp){ 1, 2 }), 0);
+	CHECK_EQ(store_put_page(s, &other, 0, &fp_12), 0);
 	CHECK_EQ(store_sync(s), -EROFS);
 	CHECK_EQ(store_file_match(s, &other, &fid), -ENOENT);
 	store_close(s);
@@ -514,12 +552,176 @@ static void test_readonly_state_dir_pauses_reads_work(void)
 	store_get_stats(s, &st);
 	CHECK(st.paused);
 	CHECK(st.commit_errors > 0);
-	CHECK_EQ(store_put_page(s, &other, 0, &(struct store_fp){ 1, 2 }), 0);
+	CHECK_EQ(store_put_page(s, &other, 0, &fp_12), 0);
 	CHECK_EQ(store_file_match(s, &id, &fid), 0);
 	CHECK_EQ(count_fps(s, fid, 0, 8, 51, &right), 8);
 	/* Paused with the change dropped: the file stays masked. */
 	CHECK_EQ(store_file_changed(s, id.dev, id.ino, &id, 0, 1), 0);
 	CHECK_EQ(count_fps(s, fid, 0, 8, 51, &right), 0);
+	store_close(s);
+	CHECK_EQ(umount2(dir, MNT_DETACH), 0);
+}
+
+static void put_raw(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen,
+		    const void *v, size_t vlen)
+{
+	MDB_val key = { klen, (void *)k }, val = { vlen, (void *)v };
+
+	REQUIRE(mdb_put(txn, dbi, &key, &val, 0) == 0);
+}
+
+static void be64(uint8_t *p, uint64_t v)
+{
+	v = htobe64(v);
+	memcpy(p, &v, 8);
+}
+
+/* A store as format 1 wrote it: XXH3-only records of 16 bytes, no
+ * digest, for file id of npages pages. */
+static void make_format1_store_in(const char *dir,
+				  const struct store_ident *id,
+				  unsigned npages)
+{
+	uint32_t fmt = htobe32(1), psz = htobe32(PG);
+	uint8_t k[16], v[40];
+	MDB_dbi meta, files, pages, fps;
+	MDB_env *env;
+	MDB_txn *txn;
+
+	REQUIRE(mdb_env_create(&env) == 0);
+	REQUIRE(mdb_env_set_maxdbs(env, 8) == 0);
+	REQUIRE(mdb_env_open(env, dir, 0, 0600) == 0);
+	REQUIRE(mdb_txn_begin(env, NULL, 0, &txn) == 0);
+	REQUIRE(mdb_dbi_open(txn, "meta", MDB_CREATE, &meta) == 0);
+	REQUIRE(mdb_dbi_open(txn, "files", MDB_CREATE, &files) == 0);
+	REQUIRE(mdb_dbi_open(txn, "pages", MDB_CREATE, &pages) == 0);
+	REQUIRE(mdb_dbi_open(txn, "fps", MDB_CREATE, &fps) == 0);
+	put_raw(txn, meta, "format", 6, &fmt, 4);
+	put_raw(txn, meta, "page_size", 9, &psz, 4);
+	be64(v, 2);
+	put_raw(txn, meta, "next_file_id", 12, v, 8);
+	be64(k, id->dev);
+	be64(k + 8, id->ino);
+	be64(v, 1);
+	be64(v + 8, id->size);
+	be64(v + 16, (uint64_t)id->mtime_ns);
+	be64(v + 24, (uint64_t)id->ctime_ns);
+	be64(v + 32, (uint64_t)time(NULL));
+	put_raw(txn, files, k, 16, v, 40);
+	for (unsigned i = 0; i < npages; i++) {
+		struct store_fp fp = fp_of(44, i);
+
+		be64(k, 1);
+		be64(k + 8, i);
+		be64(v, fp.lo);
+		be64(v + 8, fp.hi);
+		put_raw(txn, pages, k, 16, v, 16);
+		be64(v + 16, 1);
+		be64(v + 24, 1);
+		be64(v + 32, i);
+		put_raw(txn, fps, v, 16, v + 16, 24);
+	}
+	REQUIRE(mdb_txn_commit(txn) == 0);
+	mdb_env_close(env);
+}
+
+/* store_open(dir) with what it writes on stderr in log. */
+static int open_logged(const char *dir, struct store **s, char *log,
+		       size_t len)
+{
+	char path[600];
+	int fd, saved, ret;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%s/stderr.log", root);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	REQUIRE(fd >= 0);
+	fflush(stderr);
+	saved = dup(2);
+	REQUIRE(saved >= 0 && dup2(fd, 2) == 2);
+	ret = store_open(dir, 0, false, s);
+	fflush(stderr);
+	REQUIRE(dup2(saved, 2) == 2);
+	close(saved);
+	n = pread(fd, log, len - 1, 0);
+	log[n > 0 ? n : 0] = '\0';
+	close(fd);
+	return ret;
+}
+
+static unsigned count_lines(const char *text)
+{
+	unsigned n = 0;
+
+	for (; *text; text++)
+		n += *text == '\n';
+	return n;
+}
+
+static void test_format1_store_is_rebuilt_with_one_line(void)
+{
+	const char *dir = case_dir("format1");
+	struct store_ident id = ident(43, 4 * PG);
+	struct store_stats st;
+	struct store *s = NULL;
+	char log[4096];
+	uint64_t fid;
+	bool right;
+
+	REQUIRE(mkdir(dir, 0700) == 0);
+	make_format1_store_in(dir, &id, 4);
+	/* Offline readers do not rebuild, and do not read it either. */
+	CHECK_EQ(store_open_readonly(dir, &s), -EPROTO);
+
+	/* Whether or not rebuild_state was given: it is our own store. */
+	CHECK_EQ(open_logged(dir, &s, log, sizeof(log)), 0);
+	REQUIRE(s);
+	CHECK_EQ(count_lines(log), 1);
+	CHECK(strstr(log, dir) != NULL);
+	CHECK(strstr(log, "format 1 (no cryptographic digests): rebuilt"));
+	if (getenv("TEST_VERBOSE"))
+		fprintf(stderr, "format 1: %s", log);
+	/* Nothing of it is trusted: no file, no page. */
+	CHECK_EQ(store_file_match(s, &id, &fid), -ENOENT);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.files, 0);
+	CHECK_EQ(st.pages, 0);
+	CHECK(!st.paused);
+	put_range(s, &id, 0, 4, 43);
+	CHECK_EQ(store_sync(s), 0);
+	store_close(s);
+
+	/* Rebuilt as format 2: opens silently, keeps what was put. */
+	s = NULL;
+	CHECK_EQ(open_logged(dir, &s, log, sizeof(log)), 0);
+	REQUIRE(s);
+	CHECK_EQ(count_lines(log), 0);
+	CHECK_EQ(store_file_match(s, &id, &fid), 0);
+	CHECK_EQ(count_fps(s, fid, 0, 4, 43, &right), 4);
+	CHECK(right);
+	store_close(s);
+
+	/* On a read-only file system it can be neither rebuilt nor read:
+	 * the mount runs without persistence. */
+	dir = case_dir("format1-ro");
+	if (!mount_tmpfs(dir, "size=16m")) {
+		printf("skip format 1 read-only (cannot mount: %s)\n",
+		       strerror(errno));
+		return;
+	}
+	make_format1_store_in(dir, &id, 4);
+	REQUIRE(mount("tmpfs", dir, "tmpfs", MS_REMOUNT | MS_RDONLY,
+		      "size=16m") == 0);
+	s = NULL;
+	CHECK_EQ(open_logged(dir, &s, log, sizeof(log)), 0);
+	REQUIRE(s);
+	CHECK_EQ(count_lines(log), 1);
+	CHECK(strstr(log, "format 1 (no cryptographic digests)"));
+	if (getenv("TEST_VERBOSE"))
+		fprintf(stderr, "format 1, read-only: %s", log);
+	store_get_stats(s, &st);
+	CHECK(st.paused);
+	CHECK_EQ(store_file_match(s, &id, &fid), -ENOENT);
 	store_close(s);
 	CHECK_EQ(umount2(dir, MNT_DETACH), 0);
 }
@@ -618,7 +820,7 @@ static void test_second_opener_runs_without_persistence(void)
 	s2 = open_ok(dir, 0);       /* waits ~2 s for the owner, then gives up */
 	store_get_stats(s2, &st);
 	CHECK(st.paused);
-	CHECK_EQ(store_put_page(s2, &id, 0, &(struct store_fp){ 1, 2 }), 0);
+	CHECK_EQ(store_put_page(s2, &id, 0, &fp_12), 0);
 	CHECK_EQ(store_file_match(s2, &id, &fid), -ENOENT);
 	store_close(s2);
 	store_get_stats(s1, &st);
@@ -636,6 +838,7 @@ int main(void)
 	RUN(test_quota_prunes_unique_pages_of_lru_files);
 	RUN(test_damaged_store_is_ebadmsg_and_rebuilds);
 	RUN(test_other_format_is_eproto);
+	RUN(test_format1_store_is_rebuilt_with_one_line);
 	RUN(test_readonly_state_dir_pauses_reads_work);
 	RUN(test_kill9_keeps_synced_batches);
 	RUN(test_100k_puts_commit_in_few_transactions);
