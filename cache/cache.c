@@ -100,7 +100,8 @@ static void share_forget(struct cache *c, uint32_t fid, struct frame *fr)
 	if ((frame_flags(fr) & (F_STABLE | F_UNSTABLE | F_PHYS)) &&
 	    c->share.forget)
 		c->share.forget(c->share.ctx, fid);
-	frame_clear(fr, F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED | F_PERSISTED);
+	frame_clear(fr, F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED | F_PERSISTED |
+			F_DIGEST);
 }
 
 static void free_frame_locked(struct cache *c, uint32_t fid)

@@ -63,6 +63,7 @@ enum {
 	F_UNSTABLE = 1u << 13, /* in the scanner's unstable table */
 	F_PHYS = 1u << 14,     /* phys names a shared extent block */
 	F_PERSISTED = 1u << 15, /* fp is the one the store has for it */
+	F_DIGEST = 1u << 16,   /* dedup holds a SHA-256 of the content */
 };
 
 struct mapping {

@@ -439,7 +439,7 @@ static uint32_t make_private(struct cfile *f, uint64_t index, uint32_t fid,
 		   (frame_flags(fr) & (F_STABLE | F_UNSTABLE | F_PHYS))) {
 		c->share.forget(c->share.ctx, fid);
 		frame_clear(fr, F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED |
-				    F_PERSISTED);
+				    F_PERSISTED | F_DIGEST);
 	}
 	pthread_mutex_unlock(&c->map_lock);
 	return nf;
