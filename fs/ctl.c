@@ -418,8 +418,9 @@ static int ctl_set_knob(struct spfs *fs, char *v)
 			return -EINVAL;
 		return cache_set_limit(fs->cache, bytes);
 	}
-	/* Fault injection, in builds with -Dfailpoints=true only. */
-	if (!strncmp(key, "fail_", 5))
+	/* Fault injection and pause points, in builds with
+	 * -Dfailpoints=true only. */
+	if (!strncmp(key, "fail_", 5) || !strncmp(key, "pause_", 6))
 		return cache_failpoint_set(key, val);
 	if (!fs->dedup)
 		return -EINVAL;
