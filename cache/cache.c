@@ -1,8 +1,10 @@
 /* cache: creation, frames under budget, eviction, stats; see cache.h. */
 #include "cache_i.h"
 #include "bio.h"
+#include "pause.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -110,6 +112,7 @@ static void free_frame_locked(struct cache *c, uint32_t fid)
 
 	share_forget(c, fid, fr);
 	frame_free_locked(&c->ft, fid);
+	c->frees++;
 	pthread_cond_broadcast(&c->frames_freed);
 }
 
@@ -227,12 +230,42 @@ unsigned cache_evict_locked(struct cache *c, unsigned want)
 	return done;
 }
 
+/* Wait at most this long without a single frame coming back. */
+#define ALLOC_STALL_NS (10ll * 1000000000)
+
+/* Nothing can be freed for ALLOC_STALL_NS: say why, once per stall. */
+static void alloc_stalled(struct cache *c)
+{
+	int err = atomic_load(&c->wb_last_err);
+
+	if (atomic_exchange(&c->alloc_stall_logged, true))
+		return;
+	fprintf(stderr, "samepagefs: no cache frame could be freed for %lld s: "
+		"%llu of %u frames are dirty%s%s; failing requests that need "
+		"a frame (%s)\n", ALLOC_STALL_NS / 1000000000,
+		(unsigned long long)atomic_load(&c->nr_dirty), c->ft.limit - 1,
+		err ? " and writeback fails: " : ", the rest in use",
+		err ? strerror(-err) : "",
+		strerror(-cache_alloc_errno(c)));
+}
+
+int cache_alloc_errno(struct cache *c)
+{
+	int err = atomic_load(&c->wb_last_err);
+
+	return err ? err : -ENOMEM;
+}
+
 uint32_t cache_frame_alloc(struct cache *c, bool wait)
 {
+	int64_t deadline = 0;
+	uint64_t seen = 0;
 	uint32_t fid;
 
 	pthread_mutex_lock(&c->map_lock);
 	for (;;) {
+		struct timespec ts;
+
 		fid = frame_alloc_locked(&c->ft);
 		if (fid)
 			break;
@@ -240,12 +273,19 @@ uint32_t cache_frame_alloc(struct cache *c, bool wait)
 			continue;
 		if (!wait)
 			break;
+		/* Bounded: give up once no frame came back for a while. */
+		if (!deadline || seen != c->frees) {
+			seen = c->frees;
+			deadline = cache_now_ns() + ALLOC_STALL_NS;
+		} else if (cache_now_ns() > deadline) {
+			alloc_stalled(c);
+			break;
+		}
 		/* Everything is dirty, pinned or under I/O: let writeback
 		 * clean some, and wait for frames to come back. */
 		pthread_mutex_unlock(&c->map_lock);
 		cache_wb_kick(c);
 		pthread_mutex_lock(&c->map_lock);
-		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_nsec += 10 * 1000000;
 		if (ts.tv_nsec >= 1000000000) {
@@ -255,6 +295,8 @@ uint32_t cache_frame_alloc(struct cache *c, bool wait)
 		pthread_cond_timedwait(&c->frames_freed, &c->map_lock, &ts);
 	}
 	pthread_mutex_unlock(&c->map_lock);
+	if (fid)
+		atomic_store(&c->alloc_stall_logged, false);
 	return fid;
 }
 
@@ -386,5 +428,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 
 int cache_failpoint_set(const char *key, const char *value)
 {
-	return bio_failpoint_set(key, value);
+	int ret = pause_set(key, value);
+
+	return ret == -ENOENT ? bio_failpoint_set(key, value) : ret;
 }

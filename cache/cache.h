@@ -22,9 +22,11 @@
  *     writes everything back first.
  *
  * Locking (order, outermost first):
+ *   cfile->write_lock       serialises writers, truncate, clone of a file.
  *   cfile->inval_lock (rw)  exclusive for truncate, punch, invalidation;
  *                           shared for fills and writeback, so a page read
  *                           from disk can never predate a truncate/punch.
+ *   cfile->wb_mutex         one writeback pass of the file at a time.
  *   cfile->pidx_lock (rw)   the file's page index and size.
  *   cache->map_lock (mutex) frame mappers (rmap), the stable/physical
  *                           tables of dedup/, the free list, the clock hand.
@@ -174,8 +176,9 @@ int cache_sync_all(struct cache *c);
 int cache_invalidate_file(struct cfile *f);
 
 /* Fault injection for tests (builds with -Dfailpoints=true): key
- * fail_read or fail_write, value ERRNO, ERRNO:once or 0 (off). -ENOTSUP in
- * other builds, -EINVAL for a bad key or value. */
+ * fail_read or fail_write, value ERRNO, ERRNO:once or 0 (off); or a pause
+ * point, key pause_NAME (pause.h). -ENOTSUP in other builds, -EINVAL for a
+ * bad key or value. */
 int cache_failpoint_set(const char *key, const char *value);
 
 /* The front end's object for this file (its inode), for reports. */

@@ -35,6 +35,15 @@ struct cfile_ident {
 	uid_t uid;
 };
 
+/* The same file, unchanged: what every cached page and stored record of a
+ * backing file is checked against (uid is not part of the content). */
+static inline bool cfile_ident_equal(const struct cfile_ident *a,
+				     const struct cfile_ident *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns;
+}
+
 struct cfile {
 	struct cache *cache;                /* immutable */
 	_Atomic int refs;
@@ -46,6 +55,7 @@ struct cfile {
 	pthread_rwlock_t inval_lock;
 	pthread_rwlock_t pidx_lock;
 	pthread_mutex_t write_lock;         /* serialises writers of the file */
+	pthread_mutex_t wb_mutex;           /* one writeback pass at a time */
 	struct pidx pidx;                   /* pidx_lock */
 	uint64_t size;                      /* pidx_lock */
 	uint64_t backing_size;              /* pidx_lock; size on disk */
@@ -71,6 +81,9 @@ struct cache {
 	struct frame_table ft;              /* see frame.h for its locks */
 	pthread_mutex_t map_lock;
 	pthread_cond_t frames_freed;        /* with map_lock */
+	uint64_t frees;                     /* map_lock: frames freed so far */
+	_Atomic bool alloc_stall_logged;    /* said once per stall */
+	_Atomic int wb_last_err;            /* last writeback result, 0 ok */
 	struct cache_share_ops share;       /* set once before use */
 	struct cstat_atomic st;
 	_Atomic uint64_t nr_dirty, nr_volatile;
@@ -104,9 +117,13 @@ void cache_set_share_ops(struct cache *c, const struct cache_share_ops *ops);
 void cache_frame_unpin(struct cache *c, uint32_t fid);
 
 /* Allocate a frame; with wait, evicts and waits for writeback as needed
- * (the caller must hold no pidx_lock). Returns 0 when none (only without
- * wait, or -ENOSPC style failure after writeback errors). */
+ * (the caller must hold no pidx_lock), but gives up once no frame at all
+ * came back for 10 s (logged once). Returns 0 when none: then
+ * cache_alloc_errno() says why. */
 uint32_t cache_frame_alloc(struct cache *c, bool wait);
+/* The error for a request that could get no frame: the writeback error
+ * that keeps dirty frames from being freed, else -ENOMEM. */
+int cache_alloc_errno(struct cache *c);
 void cache_frame_release(struct cache *c, uint32_t fid);
 /* Evict up to n clean frames; map_lock held. Returns how many. */
 unsigned cache_evict_locked(struct cache *c, unsigned n);
@@ -124,7 +141,10 @@ int cache_wb_start(struct cache *c);
 void cache_wb_stop(struct cache *c);
 void cache_wb_mark_dirty(struct cache *c, struct cfile *f);
 void cache_wb_kick(struct cache *c);
-/* Write back dirty pages of f; inval_lock held (shared or exclusive). */
+/* Write back dirty pages of f; inval_lock held (shared or exclusive).
+ * Passes over one file run one at a time (wb_mutex), so when it returns
+ * every write of f's pages issued before the call is on disk, and no
+ * block ever has two writes in flight. */
 int cfile_writeback_locked(struct cfile *f);
 
 /* cfile.c */

@@ -128,6 +128,7 @@ int cfile_open(struct cache *c, int path_fd, bool want_write,
 	pthread_rwlock_init(&f->inval_lock, NULL);
 	pthread_rwlock_init(&f->pidx_lock, NULL);
 	pthread_mutex_init(&f->write_lock, NULL);
+	pthread_mutex_init(&f->wb_mutex, NULL);
 	pidx_init(&f->pidx);
 	f->size = f->backing_size = f->ident.size;
 	files_link(c, f);
@@ -201,6 +202,7 @@ void cfile_put(struct cfile *f)
 	pthread_rwlock_destroy(&f->inval_lock);
 	pthread_rwlock_destroy(&f->pidx_lock);
 	pthread_mutex_destroy(&f->write_lock);
+	pthread_mutex_destroy(&f->wb_mutex);
 	if (f->wfd >= 0)
 		close(f->wfd);
 	close(f->fd);
@@ -208,13 +210,6 @@ void cfile_put(struct cfile *f)
 	free(f->extents);
 	free(f->persist);
 	free(f);
-}
-
-static bool ident_equal(const struct cfile_ident *a,
-			const struct cfile_ident *b)
-{
-	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
-	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns;
 }
 
 int cfile_revalidate(struct cfile *f)
@@ -226,7 +221,7 @@ int cfile_revalidate(struct cfile *f)
 	ret = cfile_stat_ident(f, &now);
 	if (ret)
 		goto out;
-	if (ident_equal(&now, &f->ident))
+	if (cfile_ident_equal(&now, &f->ident))
 		goto out;
 	if (cfile_has_dirty(f)) {
 		/* Our unwritten data wins; it is written over the change. */

@@ -8,6 +8,7 @@
  */
 #include "cache_i.h"
 #include "bio.h"
+#include "pause.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -29,6 +30,24 @@ void cache_read_ctx_fini(struct cache_read_ctx *rc)
 }
 
 /*
+ * A fill found the backing file ending at eof, before the size the cache
+ * holds for it: it was truncated behind the mount. Unless the mount has
+ * data of its own there (dirty pages, an extension not yet on disk), the
+ * file now ends there, so reads come back short instead of inventing
+ * zeros. pidx_lock (write) held.
+ */
+static void shrunk_behind_locked(struct cfile *f, uint64_t eof,
+				 uint64_t bsize)
+{
+	/* While a fill runs (inval_lock shared) the mount only ever grows
+	 * the file on disk: shorter than bsize was not our doing. */
+	if (eof >= bsize || f->backing_size != bsize ||
+	    f->size != f->backing_size || f->pidx.nr_tagged)
+		return;
+	f->size = f->backing_size = eof;
+}
+
+/*
  * Fill missing pages of f from idx[0] on; out[i] receives a pinned frame.
  * inval_lock must be held shared. Fills as many pages as frames can be had
  * (at least one with may_block) and returns how many, or -errno. Without
@@ -45,7 +64,7 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 	struct bio_req req[READ_CHUNK];
 	ssize_t got[READ_CHUNK];
 	unsigned nreq = 0, nio = 0;
-	uint64_t bsize;
+	uint64_t bsize, eof = UINT64_MAX;
 	int err = 0, ret;
 
 	/* Only the first frame may be waited for: waiting while holding
@@ -54,7 +73,8 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 		fresh[i] = cache_frame_alloc(c, may_block && i == 0);
 		if (!fresh[i]) {
 			if (!i)
-				return may_block ? -ENOMEM : -EAGAIN;
+				return may_block ? cache_alloc_errno(c)
+						 : -EAGAIN;
 			n = i;
 			break;
 		}
@@ -125,11 +145,16 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 
 		if (res > 0)
 			atomic_fetch_add(&c->st.backing_read_bytes, (uint64_t)res);
+		if (res >= 0 && (size_t)res < req[r].niov * PG &&
+		    req[r].off + (uint64_t)res < eof)
+			eof = req[r].off + (uint64_t)res;
 		for (unsigned k = 0; k < req[r].niov; k++) {
 			ssize_t left = res < 0 ? res
 				     : res - (ssize_t)k * (ssize_t)PG;
 			unsigned i = first + k;
 
+			if (res >= 0 && left < 0)
+				left = 0; /* past the end of the backing file */
 			got[i] = left;
 			if (left >= 0 && left < (ssize_t)PG)
 				memset((char *)iov[i].iov_base +
@@ -149,6 +174,7 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 						   cache_frame_data(c, out[i]));
 
 	pthread_rwlock_wrlock(&f->pidx_lock);
+	shrunk_behind_locked(f, eof, bsize);
 	pthread_mutex_lock(&c->map_lock);
 	for (unsigned i = 0; i < n; i++) {
 		if (!io[i])
@@ -350,6 +376,18 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 		p += n;
 	}
 
+	/* A fill may have found the file shorter than we knew it. */
+	size = cfile_size(f);
+	if (off >= size) {
+		cache_read_release(f, rc);
+		return 0;
+	}
+	if (len > size - off) {
+		len = size - off;
+		npages = (unsigned)(((off + len - 1) >> CACHE_PAGE_SHIFT) -
+				    first + 1);
+	}
+
 	if (bounced) {
 		rc->iov[0].iov_base = rc->bounce;
 		rc->iov[0].iov_len = len;
@@ -410,7 +448,9 @@ ssize_t cache_pread(struct cfile *f, void *buf, size_t len, uint64_t off)
 /*
  * Make page index writable in place for the holder of f's pidx_lock:
  * returns the fid to write into, using *spare for a COW copy (then *spare
- * is consumed and set to 0). map_lock is taken here.
+ * is consumed and set to 0), or 0 if a copy is needed and there is no
+ * spare (the frame gained a mapper since the caller looked). map_lock is
+ * taken here.
  */
 static uint32_t make_private(struct cfile *f, uint64_t index, uint32_t fid,
 			     uint32_t *spare, bool whole_page)
@@ -424,7 +464,9 @@ static uint32_t make_private(struct cfile *f, uint64_t index, uint32_t fid,
 	    !(fl & F_ORPHAN) && fr->nmappers == 1)
 		return fid; /* racy peek confirmed below only when shared */
 	pthread_mutex_lock(&c->map_lock);
-	if (fid == FID_ZERO || fr->nmappers > 1) {
+	if ((fid == FID_ZERO || fr->nmappers > 1) && !*spare) {
+		nf = 0;
+	} else if (fid == FID_ZERO || fr->nmappers > 1) {
 		nf = *spare;
 		*spare = 0;
 		if (!whole_page)
@@ -465,18 +507,17 @@ static bool needs_frame(struct cache *c, uint32_t fid)
 	if (!fid || fid == FID_ZERO)
 		return true;
 	fr = cache_frame(c, fid);
-	/* Only a STABLE frame can gain mappers behind our back. */
-	return (frame_flags(fr) & F_STABLE) || fr->nmappers != 1;
+	/* Mappers join a STABLE frame by content and a PHYS one by its
+	 * block, both without our index lock: a copy may be needed. */
+	return (frame_flags(fr) & (F_STABLE | F_PHYS)) || fr->nmappers != 1;
 }
 
 /* Frames for the pages of a chunk that need one; all or none. */
 static int get_spares(struct cache *c, uint32_t *spare, const bool *need,
 		      unsigned n)
 {
-	unsigned want = 0, got = 0;
+	unsigned got = 0;
 
-	for (unsigned i = 0; i < n; i++)
-		want += need[i];
 	for (unsigned i = 0; i < n; i++) {
 		spare[i] = 0;
 		if (!need[i])
@@ -495,7 +536,8 @@ out_release:
 		cache_frame_release(c, spare[i]);
 		spare[i] = 0;
 	}
-	return want > 1 ? -EAGAIN : -ENOMEM;
+	/* Only a failed wait is final; holding spares, we only tried. */
+	return got ? -EAGAIN : cache_alloc_errno(c);
 }
 
 static void put_spares(struct cache *c, uint32_t *spare, unsigned n)
@@ -524,7 +566,10 @@ static int write_page(struct cfile *f, uint64_t index, const char *src,
 			return -EAGAIN;
 		if (needs_frame(c, fid) && !*spare)
 			return -EAGAIN;
+		pause_point(PAUSE_WRITE_COW);
 		fid = make_private(f, index, fid, spare, whole);
+		if (!fid)
+			return -EAGAIN;
 	} else {
 		if (!whole && pstart < f->backing_size)
 			return -EAGAIN; /* evicted since the prefill */

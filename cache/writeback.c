@@ -11,9 +11,17 @@
  * mount meanwhile dirties it again and it is written once more. A failed
  * write leaves the page dirty and records the error for the next
  * fsync/flush of the file.
+ *
+ * Order: one pass over a file at a time (wb_mutex), so fsync and the last
+ * close wait for a pass the writeback thread has started, and a block
+ * never has two writes in flight. Within a batch, the file's identity,
+ * its extent map and its stored fingerprints are brought up to date
+ * before WB is cleared: a written page can be evicted and refilled only
+ * once everything that judges a refill knows the disk changed.
  */
 #include "cache_i.h"
 #include "bio.h"
+#include "pause.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -41,19 +49,19 @@ static int tail_fd(struct cfile *f)
 	return f->wfd < 0 ? -errno : f->wfd;
 }
 
-static void redirty(struct cfile *f, uint64_t index, uint32_t fid)
+/* A page whose write failed is dirty again (unless rewritten or dropped
+ * meanwhile); pidx_lock (write) held. */
+static void redirty_locked(struct cfile *f, uint64_t index, uint32_t fid)
 {
 	struct cache *c = f->cache;
 	struct frame *fr = cache_frame(c, fid);
 
-	pthread_rwlock_wrlock(&f->pidx_lock);
 	if (pidx_lookup(&f->pidx, index) == fid &&
 	    !(frame_flags(fr) & F_DIRTY)) {
 		frame_set(fr, F_DIRTY);
 		pidx_tag_set(&f->pidx, index);
 		atomic_fetch_add(&c->nr_dirty, 1);
 	}
-	pthread_rwlock_unlock(&f->pidx_lock);
 }
 
 /* Take up to WB_BATCH dirty pages from start on; returns how many. */
@@ -117,62 +125,97 @@ static unsigned build_requests(struct cfile *f, const uint64_t *idx,
 	return nreq;
 }
 
-int cfile_writeback_locked(struct cfile *f)
+/* The disk changed under pages [first, first + n) of f: take the file's
+ * new identity and tell dedup (extent map, stored fingerprints), so that a
+ * page refilled from now on is judged by what the disk holds now.
+ * pidx_lock (write) held. */
+static void disk_changed_locked(struct cfile *f, uint64_t first, uint64_t n)
 {
 	struct cache *c = f->cache;
-	uint64_t idx[WB_BATCH];
-	uint32_t fid[WB_BATCH];
+
+	cfile_stat_ident(f, &f->ident);
+	if (c->share.file_changed)
+		c->share.file_changed(c->share.ctx, f, first, n);
+}
+
+/* Write one batch taken by grab_dirty; returns 0 or the first error.
+ * The pages stay pinned under WB until the file's identity and dedup's
+ * view of it are updated: only then may they be evicted and refilled. */
+static int write_batch(struct cfile *f, const uint64_t *idx,
+		       const uint32_t *fid, unsigned n, uint64_t size)
+{
+	struct cache *c = f->cache;
 	struct iovec iov[WB_BATCH];
 	struct bio_req req[WB_BATCH];
-	uint64_t start = 0, size = 0, written_end = 0;
-	uint64_t first_page = UINT64_MAX, last_page = 0;
-	bool wrote = false;
+	uint64_t written_end = 0, first_page = UINT64_MAX, last_page = 0;
+	unsigned nreq;
+	int err = 0, ret = 0;
+
+	memset(iov, 0, sizeof(iov[0]) * n);
+	nreq = build_requests(f, idx, fid, n, size, iov, req, &ret);
+	pause_point(PAUSE_WB_BEFORE_IO);
+	if (nreq)
+		ret = bio_run(req, nreq) ?: ret;
+	atomic_fetch_add(&c->st.backing_writes, nreq);
+
+	pthread_rwlock_wrlock(&f->pidx_lock);
+	/* A page inside the file that no request took: its tail descriptor
+	 * could not be opened. It stays dirty. */
+	for (unsigned i = 0; i < n; i++)
+		if (!iov[i].iov_base && idx[i] << CACHE_PAGE_SHIFT < size)
+			redirty_locked(f, idx[i], fid[i]);
+	for (unsigned r = 0; r < nreq; r++) {
+		unsigned first = (unsigned)(req[r].iov - iov);
+		unsigned last = first + req[r].niov - 1;
+		ssize_t res = req[r].res;
+
+		if (res < 0 || ret < 0) {
+			for (unsigned k = first; k <= last; k++)
+				redirty_locked(f, idx[k], fid[k]);
+			if (!err)
+				err = res < 0 ? (int)res : ret;
+			atomic_fetch_add(&c->st.writeback_errors, 1);
+			continue;
+		}
+		if (idx[first] < first_page)
+			first_page = idx[first];
+		if (idx[last] > last_page)
+			last_page = idx[last];
+		atomic_fetch_add(&c->st.backing_write_bytes, (uint64_t)res);
+		if (req[r].off + (uint64_t)res > written_end)
+			written_end = req[r].off + (uint64_t)res;
+	}
+	/* Past the old backing size too: a fill there would otherwise take
+	 * the page for a hole and read zeros. */
+	if (written_end > f->backing_size)
+		f->backing_size = written_end;
+	if (first_page != UINT64_MAX)
+		disk_changed_locked(f, first_page, last_page - first_page + 1);
+	pthread_rwlock_unlock(&f->pidx_lock);
+
+	for (unsigned i = 0; i < n; i++) {
+		frame_clear(cache_frame(c, fid[i]), F_WB);
+		cache_frame_unpin(c, fid[i]);
+	}
+	atomic_store(&c->wb_last_err, err);
+	pause_point(PAUSE_WB_BATCH_DONE);
+	return err ? err : (ret < 0 && !nreq ? ret : 0);
+}
+
+int cfile_writeback_locked(struct cfile *f)
+{
+	uint64_t idx[WB_BATCH];
+	uint32_t fid[WB_BATCH];
+	uint64_t start = 0, size = 0;
 	int err = 0;
 	unsigned n;
 
+	pthread_mutex_lock(&f->wb_mutex);
 	while ((n = grab_dirty(f, start, idx, fid, &size))) {
-		unsigned nreq;
-		int ret = 0;
+		int ret = write_batch(f, idx, fid, n, size);
 
-		memset(iov, 0, sizeof(iov[0]) * n);
-		nreq = build_requests(f, idx, fid, n, size, iov, req, &ret);
-		if (nreq)
-			ret = bio_run(req, nreq) ?: ret;
-		for (unsigned r = 0; r < nreq; r++) {
-			unsigned first = (unsigned)(req[r].iov - iov);
-			ssize_t res = req[r].res;
-
-			if (res < 0 || ret < 0) {
-				for (unsigned k = 0; k < req[r].niov; k++)
-					redirty(f, idx[first + k],
-						fid[first + k]);
-				if (!err)
-					err = res < 0 ? (int)res : ret;
-				atomic_fetch_add(&c->st.writeback_errors, 1);
-				continue;
-			}
-			wrote = true;
-			if (req[r].off >> CACHE_PAGE_SHIFT < first_page)
-				first_page = req[r].off >> CACHE_PAGE_SHIFT;
-			if (idx[first + req[r].niov - 1] > last_page)
-				last_page = idx[first + req[r].niov - 1];
-			atomic_fetch_add(&c->st.backing_write_bytes,
-					 (uint64_t)res);
-			if (req[r].off + (uint64_t)res > written_end)
-				written_end = req[r].off + (uint64_t)res;
-		}
-		atomic_fetch_add(&c->st.backing_writes, nreq);
-		/* The disk holds these pages now: say so before they become
-		 * evictable, or a later fill past the old backing size would
-		 * take them for a hole and read zeros. */
-		pthread_rwlock_wrlock(&f->pidx_lock);
-		if (written_end > f->backing_size)
-			f->backing_size = written_end;
-		pthread_rwlock_unlock(&f->pidx_lock);
-		for (unsigned i = 0; i < n; i++) {
-			frame_clear(cache_frame(c, fid[i]), F_WB);
-			cache_frame_unpin(c, fid[i]);
-		}
+		if (ret && !err)
+			err = ret;
 		start = idx[n - 1] + 1;
 	}
 
@@ -181,22 +224,13 @@ int cfile_writeback_locked(struct cfile *f)
 	if (!err && f->backing_size < f->size) {
 		if (ftruncate(f->fd, (off_t)f->size) == 0) {
 			f->backing_size = f->size;
-			wrote = true;
+			disk_changed_locked(f, 0, 0);
 		} else {
 			err = -errno;
 		}
 	}
-	if (wrote) {
-		cfile_stat_ident(f, &f->ident);
-		if (c->share.file_changed)
-			c->share.file_changed(c->share.ctx, f,
-					      first_page == UINT64_MAX ? 0
-								       : first_page,
-					      first_page == UINT64_MAX
-						      ? 0
-						      : last_page - first_page + 1);
-	}
 	pthread_rwlock_unlock(&f->pidx_lock);
+	pthread_mutex_unlock(&f->wb_mutex);
 	if (err)
 		atomic_store(&f->wb_err, err);
 	return err;
