@@ -199,6 +199,7 @@ static void note_fill(void *ctx, struct cfile *f, uint64_t index,
 static void file_changed(void *ctx, struct cfile *f, uint64_t first,
 			 uint64_t n)
 {
+	reflink_changed(ctx, f);
 	persist_changed(ctx, f, first, n);
 }
 

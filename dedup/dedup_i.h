@@ -28,6 +28,17 @@ struct dedup {
 	struct stree phys;                  /* map_lock */
 	struct store *store;                /* NULL: no persistence */
 	_Atomic uint64_t store_hits;        /* pages mapped by a stored fp */
+	/* persist.c: SHA-256 digests of frames (see there). Mapped with the
+	 * store, capacity entries each, touched only where used. */
+	uint8_t (*digest)[FP_DIGEST_LEN];   /* map_lock; valid with F_DIGEST */
+	uint32_t *want;                     /* map_lock: ring of frames that
+					     * wait for a digest */
+	uint8_t *want_bits;                 /* map_lock: fid is in the ring */
+	uint32_t want_head, want_len;       /* map_lock */
+	uint32_t ncap;                      /* immutable: entries of the three */
+	unsigned char *digest_buf;          /* scanner thread (or destroy,
+					     * once it stopped) only */
+	_Atomic uint64_t digests_computed;
 	dev_t devs[DEDUP_MAX_DEVS];         /* map_lock: id - 1 -> device */
 	pthread_mutex_t scope_lock;         /* scope_tab, scope_next */
 	struct { uint32_t uid; uint16_t tag; } *scope_tab;
@@ -72,6 +83,9 @@ uint32_t reflink_lookup(struct dedup *d, struct cfile *f, uint64_t index);
 void reflink_note(struct dedup *d, struct cfile *f, uint64_t index,
 		  uint32_t fid);
 void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target);
+/* The mount changed f on disk: its extent map is no longer true. f's
+ * pidx_lock (write) held, map_lock not. */
+void reflink_changed(struct dedup *d, struct cfile *f);
 
 /* persist.c: the LMDB store seen from the cache's side */
 int persist_open(struct dedup *d, const struct dedup_config *cfg);
@@ -82,6 +96,18 @@ void persist_note(struct dedup *d, struct cfile *f, uint64_t index,
 /* (f, index) now maps target, shared; map_lock held. */
 void persist_shared(struct dedup *d, struct cfile *f, uint64_t index,
 		    uint32_t target);
+/* A fill read data into fr, whose XXH3 is h (not yet in fr->fp): if
+ * persist_note found a record for the page, take the frame's digest and
+ * check the record against both. No lock held, frame owned (IO). */
+void persist_fill_digest(struct dedup *d, struct frame *fr, const void *data,
+			 const struct fp *h);
+/* Give up to budget shared stable frames that wait for one a digest and
+ * queue their mappers' records; no lock held. Scanner thread, or destroy
+ * once the scanner stopped. Returns how many waited (0: none left). */
+unsigned persist_digest_work(struct dedup *d, unsigned budget);
+/* A single-mapper frame outside the stable tree, about to be scanned:
+ * whatever digest it carries may be stale. map_lock held. */
+void persist_unstable(struct dedup *d, uint32_t fid);
 void persist_changed(struct dedup *d, struct cfile *f, uint64_t first,
 		     uint64_t n);
 void persist_gone(struct dedup *d, struct cfile *f);

@@ -2,20 +2,26 @@
  * reflink: pages of reflinked files shared by their physical identity.
  *
  * Each backing file's extent map (FIEMAP) is loaded on the first fill that
- * needs it and reloaded whenever the file's identity (size, mtime, ctime)
- * moved, which every write, truncate, punch or clone does, through the
- * mount or behind it. A page inside an extent flagged SHARED has a
- * physical identity (device, block); a fresh frame filled from it is noted
- * in the physical table, so that a clone reading the same block maps that
- * frame without backing I/O and without hashing. Extent maps are read with
- * FIEMAP_FLAG_SYNC: data the backing file system still buffers (written
- * behind the mount) is placed first, so a rewritten block never looks
- * shared.
+ * needs it, stamped with the identity (size, mtime, ctime) the file had
+ * just before the map was read. It is dropped whenever the mount changes
+ * the file (writeback, truncate, punch, clone: reflink_changed) and
+ * reloaded when the file's identity moved behind the mount. A page inside
+ * an extent flagged SHARED has a physical identity (device, block); a
+ * fresh frame filled from it is noted in the physical table, so that a
+ * clone reading the same block maps that frame without backing I/O and
+ * without hashing. A page of an unwritten extent maps the zero frame. Extent maps are read with FIEMAP_FLAG_SYNC: data the
+ * backing file system still buffers (written behind the mount) is placed
+ * first, so a rewritten block never looks shared.
  *
- * Trust: a frame's physical identity stays true while some mapper still
- * holds that block. The frame's first mapper is checked (fstat) on every
- * hit: if its identity moved since its extent map was loaded, the block
- * may have been freed and reused, and the entry is dropped instead.
+ * Trust: a frame's block P is a claim about the disk now. It is believed
+ * only while one of the frame's mappers vouches for it: a clean page (the
+ * frame is neither dirty nor being written back) of a file whose extent
+ * map, loaded at the identity the file still has (fstat), places that
+ * page at P. Every hit checks this under map_lock; a frame nobody vouches
+ * for leaves the table. So a write, truncate, punch, unlink or unshare of
+ * the vouching page ends the claim: the page leaves the frame (COW) or its
+ * file's map is dropped or outdated. A clone's own map must also be as
+ * fresh as its file, or it takes the normal path.
  *
  * Locking: the extent map of f is replaced under f's pidx_lock (write)
  * and map_lock, so either lock is enough to read it; the physical table
@@ -46,14 +52,8 @@ struct extmap {
 	struct extent e[];
 };
 
-static bool ident_same(const struct cfile_ident *a, const struct cfile_ident *b)
-{
-	return a->size == b->size && a->mtime_ns == b->mtime_ns &&
-	       a->ctime_ns == b->ctime_ns && a->ino == b->ino &&
-	       a->dev == b->dev;
-}
-
-static struct extmap *extmap_read(int fd, const struct cfile_ident *id)
+/* Read f's extent map, stamped with the identity f had just before. */
+static struct extmap *extmap_read(struct cfile *f)
 {
 	/* struct fiemap ends in a flexible array: room for it, aligned. */
 	union {
@@ -65,9 +65,14 @@ static struct extmap *extmap_read(int fd, const struct cfile_ident *id)
 	uint64_t start = 0;
 	uint32_t cap = 0;
 
+	int fd = f->fd;
+
 	if (!m)
 		return NULL;
-	m->ident = *id;
+	if (cfile_stat_ident(f, &m->ident)) {
+		m->unsupported = true;
+		return m;
+	}
 	for (;;) {
 		memset(&q.fm, 0, sizeof(q.fm));
 		q.fm.fm_start = start;
@@ -116,28 +121,33 @@ static struct extmap *extmap_read(int fd, const struct cfile_ident *id)
 	}
 }
 
-/* The file's current extent map; pidx_lock (write) held. */
-static struct extmap *extmap_get(struct cfile *f)
+/* f's extent map, if it describes f as it is now (identity `now`, equal
+ * to the one the cache holds for f); pidx_lock (write) held. */
+static struct extmap *extmap_get(struct cfile *f, const struct cfile_ident *now)
 {
 	struct extmap *m = f->extents;
 
-	struct extmap *fresh;
-
-	if (m && ident_same(&m->ident, &f->ident))
+	if (m && cfile_ident_equal(&m->ident, now))
 		return m;
-	fresh = extmap_read(f->fd, &f->ident);
-	/* Others read a mapper's map under map_lock (phys_still_true). */
+	m = extmap_read(f);
+	/* Others read a mapper's map under map_lock (phys_vouched). */
 	pthread_mutex_lock(&f->cache->map_lock);
-	f->extents = fresh;
+	free(f->extents);
+	f->extents = m;
 	pthread_mutex_unlock(&f->cache->map_lock);
-	free(m);
-	return fresh;
+	/* Changed while it was read: not a map of any one moment. */
+	return m && cfile_ident_equal(&m->ident, now) ? m : NULL;
 }
 
-enum page_kind { PAGE_PLAIN, PAGE_SHARED };
+enum page_kind {
+	PAGE_NONE,      /* no single aligned block we can name */
+	PAGE_UNWRITTEN, /* allocated, never written: reads as zeros */
+	PAGE_OWN,       /* at a block this file alone holds */
+	PAGE_SHARED,    /* at a block shared with other files */
+};
 
-/* What backs page index of f, and its physical byte address if shared. */
-static enum page_kind page_phys(struct extmap *m, uint64_t index,
+/* What backs page index of f, and its physical byte address if known. */
+static enum page_kind page_phys(const struct extmap *m, uint64_t index,
 				uint64_t *phys)
 {
 	uint64_t off = index * PG;
@@ -152,7 +162,7 @@ static enum page_kind page_phys(struct extmap *m, uint64_t index,
 
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
-		struct extent *e = &m->e[mid];
+		const struct extent *e = &m->e[mid];
 
 		if (off < e->logical) {
 			hi = mid;
@@ -160,20 +170,19 @@ static enum page_kind page_phys(struct extmap *m, uint64_t index,
 			lo = mid + 1;
 		} else {
 			if (e->flags & unusable)
-				return PAGE_PLAIN;
-			if (off + PG > e->logical + e->length ||
-			    (e->physical | e->logical) & (PG - 1))
-				return PAGE_PLAIN;
-			/* Unwritten extents read as zeros through the normal
-			 * path (and merge into the zero frame there). */
-			if (!(e->flags & FIEMAP_EXTENT_SHARED) ||
-			    (e->flags & FIEMAP_EXTENT_UNWRITTEN))
-				return PAGE_PLAIN;
+				return PAGE_NONE;
+			if (off + PG > e->logical + e->length)
+				return PAGE_NONE;
+			if (e->flags & FIEMAP_EXTENT_UNWRITTEN)
+				return PAGE_UNWRITTEN;
+			if ((e->physical | e->logical) & (PG - 1))
+				return PAGE_NONE;
 			*phys = e->physical + (off - e->logical);
-			return PAGE_SHARED;
+			return e->flags & FIEMAP_EXTENT_SHARED ? PAGE_SHARED
+							      : PAGE_OWN;
 		}
 	}
-	return PAGE_PLAIN;
+	return PAGE_NONE;
 }
 
 /* A small id per backing device, so that (device, block) fits 64 bits. */
@@ -193,37 +202,106 @@ static uint64_t phys_word(int devid, uint64_t phys)
 	return ((uint64_t)devid << 48) | ((phys >> 12) + 1);
 }
 
-/* Is frame fid's physical identity still held by its first mapper? */
-static bool phys_still_true(struct dedup *d, uint32_t fid)
+/* Does mapper (g, index) of a clean frame place it at block word `key`
+ * now? g's map must be the one of g's current identity, which must be
+ * the one the cache holds g's pages for. map_lock held. */
+static bool mapper_vouches(struct dedup *d, struct cfile *g, uint64_t index,
+			   uint64_t key)
+{
+	const struct extmap *m = g->extents;
+	struct cfile_ident now;
+	uint64_t phys;
+	int devid;
+
+	if (!m || m->unsupported || !cfile_ident_equal(&m->ident, &g->ident))
+		return false;
+	switch (page_phys(m, index, &phys)) {
+	case PAGE_OWN:
+	case PAGE_SHARED:
+		break;
+	default:
+		return false;
+	}
+	devid = dev_id(d, g->ident.dev);
+	if (devid < 0 || phys_word(devid, phys) != key)
+		return false;
+	return !cfile_stat_ident(g, &now) && cfile_ident_equal(&now, &g->ident);
+}
+
+/* Is frame fid's block claim true now (see Trust above)? map_lock held. */
+static bool phys_vouched(struct dedup *d, uint32_t fid)
 {
 	struct frame *fr = cache_frame(d->c, fid);
-	struct cfile *g = fr->nmappers == 1 ? fr->m.owner.file
-					    : fr->m.rmap->m[0].file;
-	struct extmap *m = g->extents;
-	struct cfile_ident now;
+	struct mapping one, *m;
+	uint32_t n;
 
-	if (!m || cfile_stat_ident(g, &now))
+	if (frame_flags(fr) & (F_DIRTY | F_WB | F_IO | F_ERROR))
 		return false;
-	return ident_same(&now, &m->ident);
+	if (fr->nmappers == 1) {
+		one = fr->m.owner;
+		m = &one;
+		n = 1;
+	} else if (fr->nmappers > 1) {
+		m = fr->m.rmap->m;
+		n = fr->m.rmap->n;
+	} else {
+		return false;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		if (mapper_vouches(d, m[i].file, m[i].index, fr->phys))
+			return true;
+	return false;
+}
+
+static void phys_drop(struct dedup *d, uint32_t fid)
+{
+	stree_remove(&d->phys, fid);
+	frame_clear(cache_frame(d->c, fid), F_PHYS);
+}
+
+/* An unwritten extent reads as zeros: the zero frame, without I/O. */
+static uint32_t map_unwritten(struct dedup *d, struct cfile *f, uint64_t index)
+{
+	struct cache *c = d->c;
+	uint32_t hit = 0;
+
+	if (!atomic_load(&d->use_zero_pages))
+		return 0;
+	pthread_mutex_lock(&c->map_lock);
+	if (!pidx_store(&f->pidx, index, FID_ZERO)) {
+		frame_add_mapper(&c->ft, FID_ZERO, f, index);
+		hit = FID_ZERO;
+	}
+	pthread_mutex_unlock(&c->map_lock);
+	return hit;
 }
 
 uint32_t reflink_lookup(struct dedup *d, struct cfile *f, uint64_t index)
 {
 	struct cache *c = d->c;
+	struct cfile_ident now;
 	struct extmap *m;
-	enum page_kind kind;
 	uint64_t phys = 0, key;
 	uint32_t cand, pos = 0, hit = 0;
 	int devid;
 
 	if (d->scope == DEDUP_SCOPE_NONE)
 		return 0;
-	m = extmap_get(f);
+	/* Changed behind the mount since its pages were cached: the block
+	 * map may no longer be the one those pages came from. */
+	if (cfile_stat_ident(f, &now) || !cfile_ident_equal(&now, &f->ident))
+		return 0;
+	m = extmap_get(f, &now);
 	if (!m || m->unsupported)
 		return 0;
-	kind = page_phys(m, index, &phys);
-	if (kind == PAGE_PLAIN)
+	switch (page_phys(m, index, &phys)) {
+	case PAGE_SHARED:
+		break;
+	case PAGE_UNWRITTEN:
+		return map_unwritten(d, f, index);
+	default:
 		return 0;
+	}
 	pthread_mutex_lock(&c->map_lock);
 	devid = dev_id(d, f->ident.dev);
 	if (devid < 0)
@@ -234,11 +312,10 @@ uint32_t reflink_lookup(struct dedup *d, struct cfile *f, uint64_t index)
 
 		if (!cf->nmappers || !scope_match(cf->scope, dedup_scope_of(d, f)) ||
 		    cf->nmappers >= atomic_load(&d->max_page_sharing) ||
-		    (frame_flags(cf) & (F_IO | F_ERROR | F_DIRTY)))
+		    (frame_flags(cf) & (F_IO | F_ERROR | F_DIRTY | F_WB)))
 			continue; /* a fill that may still fail: not yet */
-		if (!phys_still_true(d, cand)) {
-			stree_remove(&d->phys, cand);
-			frame_clear(cf, F_PHYS);
+		if (!phys_vouched(d, cand)) {
+			phys_drop(d, cand);
 			pos = 0;
 			continue;
 		}
@@ -267,7 +344,8 @@ void reflink_note(struct dedup *d, struct cfile *f, uint64_t index,
 	uint64_t phys;
 	int devid;
 
-	if (!m || m->unsupported || !ident_same(&m->ident, &f->ident) ||
+	/* Only right after reflink_lookup found f's map current. */
+	if (!m || m->unsupported || !cfile_ident_equal(&m->ident, &f->ident) ||
 	    page_phys(m, index, &phys) != PAGE_SHARED)
 		return;
 	pthread_mutex_lock(&c->map_lock);
@@ -282,7 +360,10 @@ void reflink_note(struct dedup *d, struct cfile *f, uint64_t index,
 }
 
 /* fid (noted by its fill) merged into target by content: keep the
- * physical identity on the frame that stays. map_lock held. */
+ * physical identity on the frame that stays. The page that brought it
+ * becomes one of target's mappers and vouches for it as long as it would
+ * have for fid; target's other mappers never held the block, and a hit
+ * checks which mapper vouches. map_lock held. */
 void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target)
 {
 	struct cache *c = d->c;
@@ -292,10 +373,19 @@ void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target)
 	if (!(frame_flags(fr) & F_PHYS) || target == FID_ZERO ||
 	    (frame_flags(to) & F_PHYS))
 		return;
-	stree_remove(&d->phys, fid);
-	frame_clear(fr, F_PHYS);
+	phys_drop(d, fid);
 	to->phys = fr->phys;
 	if (!stree_insert(&d->phys, target))
 		frame_set(to, F_PHYS);
 }
 
+void reflink_changed(struct dedup *d, struct cfile *f)
+{
+	struct extmap *m;
+
+	pthread_mutex_lock(&d->c->map_lock);
+	m = f->extents;
+	f->extents = NULL;
+	pthread_mutex_unlock(&d->c->map_lock);
+	free(m);
+}

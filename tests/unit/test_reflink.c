@@ -6,10 +6,13 @@
  */
 #include "testfs.h"
 #include "cache_i.h"
-#include "dedup.h"
+#include "dedup_i.h" /* to take a frame out of the stable tree */
 
 #include <linux/falloc.h>
+#include <linux/fiemap.h>
+#include <pthread.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -105,6 +108,173 @@ static int matches(struct cfile *f, uint64_t off, size_t len, unsigned seed,
 	free(got);
 	free(want);
 	return ok;
+}
+
+static void make_on_xfs(const char *name, uint64_t len, unsigned seed)
+{
+	char saved[256];
+
+	strcpy(saved, testfs_dir);
+	strcpy(testfs_dir, mnt);
+	testfs_make(name, len, seed);
+	strcpy(testfs_dir, saved);
+	sync();
+}
+
+/* Does FIEMAP call page 0 of the file shared? */
+static bool first_page_shared(const char *name)
+{
+	union {
+		struct fiemap fm;
+		char room[sizeof(struct fiemap) + sizeof(struct fiemap_extent)];
+	} q;
+	char path[512];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", mnt, name);
+	fd = open(path, O_RDONLY);
+	REQUIRE(fd >= 0);
+	memset(&q, 0, sizeof(q));
+	q.fm.fm_length = PG;
+	q.fm.fm_flags = FIEMAP_FLAG_SYNC;
+	q.fm.fm_extent_count = 1;
+	REQUIRE(ioctl(fd, FS_IOC_FIEMAP, &q.fm) == 0);
+	close(fd);
+	return q.fm.fm_mapped_extents &&
+	       (q.fm.fm_extents[0].fe_flags & FIEMAP_EXTENT_SHARED);
+}
+
+static void remove_on_xfs(const char *name)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", mnt, name);
+	REQUIRE(unlink(path) == 0);
+}
+
+/*
+ * A block identity carried by a frame whose mappers never held the block:
+ * R and A hold equal bytes in blocks of their own; B, a clone of A, is
+ * read and merges into R's frame by content, bringing A's block P along.
+ * With B gone, P is A's alone and a write to A rewrites P in place. A new
+ * clone C of A (and A itself, once its pages are gone) must read the new
+ * bytes, not R's frame.
+ */
+static void test_identity_moved_by_content_merge(struct cache *c)
+{
+	const uint64_t len = 16 * PG;
+	unsigned char page[PG];
+	struct cfile *r, *a, *b, *cc;
+
+	make_on_xfs("mv_r", len, 41);
+	make_on_xfs("mv_a", len, 41);
+	make_on_xfs("mv_b", 0, 0);
+	make_on_xfs("mv_c", 0, 0);
+	r = open_file(c, "mv_r");
+	a = open_file(c, "mv_a");
+	b = open_file(c, "mv_b");
+	cc = open_file(c, "mv_c");
+	CHECK(matches(r, 0, len, 41, NULL));
+	CHECK_EQ(cache_clone_range(a, 0, b, 0, len), (ssize_t)len);
+	CHECK(matches(b, 0, len, 41, NULL));
+	/* B goes away; A's block is its own again (XFS frees an unlinked
+	 * inode's blocks in the background; statfs pushes that on) */
+	remove_on_xfs("mv_b");
+	cfile_set_orphan(b, true);
+	cfile_put(b);
+	for (int i = 0; first_page_shared("mv_a"); i++) {
+		struct statvfs sv;
+
+		REQUIRE(i < 10000 && statvfs(mnt, &sv) == 0);
+		usleep(1000); /* the kernel's background work, not ours */
+	}
+	memset(page, 0xD7, PG);
+	CHECK_EQ(cache_write(a, page, PG, 0, false, NULL), (ssize_t)PG);
+	CHECK_EQ(cache_fsync(a, false), 0);
+	CHECK_EQ(cache_invalidate_file(a), 0);
+	CHECK_EQ(cache_clone_range(a, 0, cc, 0, len), (ssize_t)len);
+	CHECK(matches(cc, 0, PG, 0, page));
+	CHECK(matches(a, 0, PG, 0, page));
+	CHECK(matches(r, 0, len, 41, NULL));
+	cfile_put(r);
+	cfile_put(a);
+	cfile_put(cc);
+	printf("ok block_identity_moved_by_content_merge_not_trusted\n");
+}
+
+struct writer_arg {
+	struct cfile *f;
+	const unsigned char *data;
+	ssize_t ret;
+};
+
+static void *writer_main(void *p)
+{
+	struct writer_arg *w = p;
+
+	w->ret = cache_write(w->f, w->data, PG, 0, false, NULL);
+	return NULL;
+}
+
+/*
+ * A frame known by its block but not in the stable tree gains a mapper
+ * (a clone's read, by block) while its only other mapper is about to be
+ * written: the write must copy it into a frame of its own, not write into
+ * the shared one.
+ */
+static void test_cow_of_block_frame_gaining_a_mapper(struct cache *c,
+						    struct dedup *d)
+{
+	const uint64_t len = 4 * PG;
+	unsigned char page[PG], old[PG];
+	struct writer_arg w;
+	struct cfile *a, *b;
+	struct frame *fr;
+	pthread_t t;
+	uint32_t fid;
+	int ret;
+
+	ret = cache_failpoint_set("pause_write_cow", "1");
+	if (ret == -ENOTSUP) {
+		printf("skip cow_of_block_frame (no failpoints)\n");
+		return;
+	}
+	REQUIRE(ret == 0);
+	make_on_xfs("cw_a", len, 43);
+	clone_file("cw_a", "cw_b");
+	a = open_file(c, "cw_a");
+	b = open_file(c, "cw_b");
+	CHECK(matches(a, 0, len, 43, NULL));
+	/* Out of the stable tree, still known by its block. */
+	pthread_rwlock_rdlock(&a->pidx_lock);
+	fid = pidx_lookup(&a->pidx, 0);
+	pthread_rwlock_unlock(&a->pidx_lock);
+	fr = cache_frame(c, fid);
+	pthread_mutex_lock(&c->map_lock);
+	CHECK(frame_flags(fr) & F_PHYS);
+	if (frame_flags(fr) & F_STABLE) {
+		stree_remove(&d->stable, fid);
+		frame_clear(fr, F_STABLE);
+	}
+	pthread_mutex_unlock(&c->map_lock);
+
+	memset(page, 0x3C, PG);
+	w = (struct writer_arg){ .f = a, .data = page };
+	REQUIRE(pthread_create(&t, NULL, writer_main, &w) == 0);
+	CHECK_EQ(cache_failpoint_set("pause_write_cow", "wait"), 0);
+	/* the clone's read maps A's frame by its block meanwhile */
+	testfs_fill(old, 0, PG, 43);
+	CHECK(matches(b, 0, PG, 0, old));
+	CHECK_EQ(cache_failpoint_set("pause_write_cow", "0"), 0);
+	pthread_join(t, NULL);
+	CHECK_EQ(w.ret, (ssize_t)PG);
+	CHECK(matches(a, 0, PG, 0, page));
+	CHECK(matches(b, 0, PG, 0, old));
+	CHECK_EQ(cache_fsync(a, false), 0);
+	CHECK(matches(b, 0, len, 43, NULL));
+	cfile_put(a);
+	cfile_put(b);
+	printf("ok cow_of_block_frame_gaining_a_mapper\n");
 }
 
 int main(void)
@@ -253,6 +423,9 @@ int main(void)
 		cfile_put(g);
 		printf("ok clone_through_cache_shares_frames\n");
 	}
+
+	test_identity_moved_by_content_merge(c);
+	test_cow_of_block_frame_gaining_a_mapper(c, d);
 
 	for (int i = 0; i < 8; i++)
 		cfile_put(f[i]);
