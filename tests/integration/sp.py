@@ -18,6 +18,7 @@ sp.main() exits 77 when every test was skipped, so meson reports SKIP.
 """
 
 import atexit
+import ctypes
 import json
 import os
 import shutil
@@ -48,18 +49,21 @@ SAMEPAGECTL = os.environ.get('SAMEPAGECTL') or _default_binary('samepagectl',
 
 
 def _is_sanitized(path):
-    """Was this binary built with AddressSanitizer (meson b_sanitize)?"""
+    """Was this binary built with ASan or TSan (meson b_sanitize)?"""
     try:
         with open(path, 'rb') as f:
-            return b'__asan_init' in f.read()
+            data = f.read()
+        return b'__asan_init' in data or b'__tsan_init' in data
     except OSError:
         return False
 
 
 # Under ASan the daemon's RSS includes shadow memory (1/8 of all it
-# touches), the allocator's quarantine and redzones: memory bounds do not
-# hold there, so tests that assert RSS skip those checks when this is true.
-# tools/test sets SAMEPAGE_SANITIZED=1 for its sanitizer pass.
+# touches), the allocator's quarantine and redzones; under TSan shadow
+# memory is several times the application's and every access is slower.
+# Memory bounds do not hold there and timing bounds need room, so tests
+# skip or widen those checks when this is true. tools/test sets
+# SAMEPAGE_SANITIZED=1 for its sanitizer passes.
 SANITIZED = (os.environ.get('SAMEPAGE_SANITIZED') == '1'
              or _is_sanitized(SAMEPAGEFS))
 
@@ -385,8 +389,11 @@ class Mount:
         return r
 
 
+# TSan reports races and lock-order inversions as WARNING, its own crashes
+# (SEGV, an unsupported memory layout) as ERROR or FATAL.
 SANITIZER_MARKS = ('ERROR: AddressSanitizer', 'ERROR: LeakSanitizer',
-                   'runtime error:', 'WARNING: ThreadSanitizer')
+                   'runtime error:', 'WARNING: ThreadSanitizer',
+                   'ERROR: ThreadSanitizer', 'FATAL: ThreadSanitizer')
 
 
 def sanitizer_report(text):
@@ -514,6 +521,22 @@ def _run(cmd, **kw):
 
 def reflink(src, dst):
     _run(['cp', '--reflink=always', src, dst])
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                            ctypes.c_int64]
+_libc.fallocate.restype = ctypes.c_int
+
+
+def punch_hole(fd, off, length):
+    """fallocate(PUNCH_HOLE | KEEP_SIZE); os.posix_fallocate cannot punch."""
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                       off, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f'fallocate punch {off}+{length}: {os.strerror(e)}')
 
 
 def fio(args, cwd):
