@@ -49,6 +49,10 @@ int cache_create(const struct cache_config *cfg, struct cache **out)
 	pthread_mutex_init(&c->files_lock, NULL);
 	c->wb_head.wb_next = c->wb_head.wb_prev = &c->wb_head;
 	c->files_head.all_next = c->files_head.all_prev = &c->files_head;
+	c->lru_head.lru_next = c->lru_head.lru_prev = &c->lru_head;
+	pthread_cond_init(&c->detach_done, NULL);
+	if (!c->cfg.detached_fds_max)
+		c->cfg.detached_fds_max = 256;
 	ret = cache_wb_start(c);
 	if (ret)
 		goto out_fini;
@@ -68,8 +72,10 @@ int cache_destroy(struct cache *c)
 
 	if (!c)
 		return 0;
+	atomic_store(&c->closing, true);
 	cache_wb_stop(c);
 	ret = cache_sync_all(c);
+	cache_reap_kept(c, true);
 	/* Files the front end never released: drop their pages now. */
 	pthread_mutex_lock(&c->files_lock);
 	while (c->files_head.all_next != &c->files_head) {
@@ -88,6 +94,7 @@ int cache_destroy(struct cache *c)
 	pthread_mutex_destroy(&c->wb_lock);
 	pthread_cond_destroy(&c->wb_cond);
 	pthread_mutex_destroy(&c->files_lock);
+	pthread_cond_destroy(&c->detach_done);
 	free(c);
 	return ret;
 }

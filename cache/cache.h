@@ -8,9 +8,16 @@
  *
  * Objects:
  *   struct cache  one per mount; frames, budget, counters, threads.
- *   struct cfile  one per backing inode that has been opened for I/O;
- *                 reference counted (cfile_get/cfile_put); hard links share
- *                 one cfile because the front end keys it by inode.
+ *   struct cfile  one per backing inode (device, inode number) that has
+ *                 been opened for I/O; reference counted (cfile_get/
+ *                 cfile_put). Its pages belong to the backing file, not to
+ *                 the front end's inode: after the last reference the
+ *                 cfile is kept with its clean pages until eviction takes
+ *                 the last one, and cfile_open() of the same inode finds
+ *                 it again (revalidated: a file changed meanwhile drops
+ *                 its pages). Kept files hold their descriptors up to
+ *                 detached_fds_max, the least recently used give theirs
+ *                 back first; a fresh open brings them back.
  *
  * Invariants:
  *   - cfile->size is the file's size as the mount sees it; backing size may
@@ -57,6 +64,8 @@ struct cfile;
 
 struct cache_config {
 	uint64_t size_bytes;       /* memory budget for frames */
+	unsigned detached_fds_max; /* kept files that keep descriptors
+				    * (0: 256) */
 	unsigned writeback_ms;     /* dirty pages reach disk within this */
 	bool     readonly;         /* mount is read-only: never open for write */
 };
@@ -104,6 +113,9 @@ int cache_set_limit(struct cache *c, uint64_t bytes);
  */
 int cfile_open(struct cache *c, int path_fd, bool want_write,
 	       struct cfile **out);
+/* A writable backing descriptor for a file opened read-only so far; the
+ * old one stays open until the file is freed (a request may use it). */
+int cfile_make_writable(struct cfile *f);
 void cfile_get(struct cfile *f);
 /* Drops a reference; the last one writes back and frees the cfile. */
 void cfile_put(struct cfile *f);

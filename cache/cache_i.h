@@ -44,9 +44,22 @@ static inline bool cfile_ident_equal(const struct cfile_ident *a,
 	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns;
 }
 
+_Static_assert(FID_ZERO == PIDX_COUNTED_FID, "pidx counts zero mappings");
+
+enum cfile_state {
+	CF_ATTACHED,    /* referenced */
+	CF_PUTTING,     /* the last reference is being dropped */
+	CF_DETACHED,    /* kept with its clean pages, no reference */
+};
+
 struct cfile {
 	struct cache *cache;                /* immutable */
-	_Atomic int refs;
+	_Atomic int refs;                   /* 0 -> 1 only under files_lock */
+	enum cfile_state state;             /* files_lock */
+	bool keyed;                         /* files_lock: in cache->by_key */
+	struct cfile *lru_next, *lru_prev;  /* files_lock: kept, oldest first */
+	int old_fd;                         /* read-only fd replaced by a
+					     * writable one, closed at free */
 	int path_fd;                        /* dup of the caller's fd */
 	int fd;                             /* I/O fd (inval_lock to swap) */
 	bool fd_direct;                     /* fd has O_DIRECT */
@@ -93,11 +106,19 @@ struct cache {
 	struct cfile wb_head;               /* dirty files, oldest first */
 	bool wb_stop, wb_kick;
 	pthread_t wb_thread;
+	uint64_t reaped_at;                 /* wb thread: evictions then */
 	bool wb_started;
 	/* all files, for stats and sync */
 	pthread_mutex_t files_lock;
 	struct cfile files_head;
 	uint64_t nr_files;
+	void *by_key;                       /* files_lock: tsearch, dev+ino */
+	struct cfile lru_head;              /* files_lock: kept files */
+	uint64_t nr_detached;               /* files_lock */
+	uint64_t nr_detached_fds;           /* files_lock: kept with fds */
+	uint64_t reattaches;                /* files_lock */
+	pthread_cond_t detach_done;         /* files_lock: a put finished */
+	_Atomic bool closing;               /* cache_destroy: keep nothing */
 	int64_t meta_fixed;                 /* frame table bytes */
 };
 
@@ -149,6 +170,8 @@ int cfile_writeback_locked(struct cfile *f);
 
 /* cfile.c */
 int cfile_stat_ident(struct cfile *f, struct cfile_ident *id);
+/* Free kept files whose pages were all evicted (all: every kept file). */
+void cache_reap_kept(struct cache *c, bool all);
 /* Drop all pages (dirty ones too: caller wrote them back or does not want
  * them); inval_lock held exclusive. */
 void cfile_drop_pages_locked(struct cfile *f, uint64_t first, uint64_t end);

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <search.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,28 +79,132 @@ static int open_io_fd(struct cfile *f, bool readonly)
 	return -EACCES;
 }
 
-static void files_link(struct cache *c, struct cfile *f)
+/* The cache's files by backing inode, for cfile_open() to find the one
+ * object of a file again (tsearch tree; files_lock). */
+static int by_key(const void *a, const void *b)
 {
-	pthread_mutex_lock(&c->files_lock);
+	const struct cfile *x = a, *y = b;
+
+	if (x->ident.dev != y->ident.dev)
+		return x->ident.dev < y->ident.dev ? -1 : 1;
+	if (x->ident.ino != y->ident.ino)
+		return x->ident.ino < y->ident.ino ? -1 : 1;
+	return 0;
+}
+
+static struct cfile *find_locked(struct cache *c, dev_t dev, ino_t ino)
+{
+	struct cfile key = { .ident = { .dev = dev, .ino = ino } };
+	struct cfile **hit = tfind(&key, &c->by_key, by_key);
+
+	return hit ? *hit : NULL;
+}
+
+/* Link a new file; files_lock held. Should the tree have no room, the
+ * file is only not found again after a forget. */
+static void files_link_locked(struct cache *c, struct cfile *f)
+{
 	f->all_next = c->files_head.all_next;
 	f->all_prev = &c->files_head;
 	c->files_head.all_next->all_prev = f;
 	c->files_head.all_next = f;
 	c->nr_files++;
-	pthread_mutex_unlock(&c->files_lock);
+	f->keyed = tsearch(f, &c->by_key, by_key) != NULL;
 }
 
-static void files_unlink(struct cache *c, struct cfile *f)
+static void files_unlink_locked(struct cache *c, struct cfile *f)
 {
-	pthread_mutex_lock(&c->files_lock);
 	f->all_prev->all_next = f->all_next;
 	f->all_next->all_prev = f->all_prev;
 	c->nr_files--;
-	pthread_mutex_unlock(&c->files_lock);
+	if (f->keyed)
+		tdelete(f, &c->by_key, by_key);
+	f->keyed = false;
 }
 
-int cfile_open(struct cache *c, int path_fd, bool want_write,
-	       struct cfile **out)
+static void lru_add_locked(struct cache *c, struct cfile *f)
+{
+	f->lru_prev = c->lru_head.lru_prev;
+	f->lru_next = &c->lru_head;
+	c->lru_head.lru_prev->lru_next = f;
+	c->lru_head.lru_prev = f;
+	c->nr_detached++;
+	if (f->path_fd >= 0)
+		c->nr_detached_fds++;
+}
+
+static void lru_del_locked(struct cache *c, struct cfile *f)
+{
+	f->lru_prev->lru_next = f->lru_next;
+	f->lru_next->lru_prev = f->lru_prev;
+	f->lru_next = f->lru_prev = NULL;
+	c->nr_detached--;
+	if (f->path_fd >= 0)
+		c->nr_detached_fds--;
+}
+
+/* Descriptors of a file nobody has open, kept so that its pages can
+ * vouch for their blocks (reflink.c) and it re-attaches without opening
+ * anything. Those who read them of a detached file hold map_lock, so
+ * they are cleared under it. files_lock held. */
+static void close_fds_locked(struct cache *c, struct cfile *f)
+{
+	int fds[4] = { f->fd, f->wfd, f->path_fd, f->old_fd };
+
+	pthread_mutex_lock(&c->map_lock);
+	f->fd = f->wfd = f->path_fd = f->old_fd = -1;
+	pthread_mutex_unlock(&c->map_lock);
+	for (int i = 0; i < 4; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	c->nr_detached_fds--;
+}
+
+/* Open (again) the descriptors of f from path_fd. */
+static int attach_fds(struct cfile *f, int path_fd)
+{
+	int ret;
+
+	f->path_fd = fcntl(path_fd, F_DUPFD_CLOEXEC, 3);
+	if (f->path_fd < 0)
+		return -errno;
+	ret = open_io_fd(f, f->cache->cfg.readonly);
+	if (ret) {
+		close(f->path_fd);
+		f->path_fd = -1;
+	}
+	return ret;
+}
+
+int cfile_make_writable(struct cfile *f)
+{
+	int old_fd = f->fd, ret;
+	bool direct = f->fd_direct;
+
+	pthread_rwlock_wrlock(&f->inval_lock);
+	if (f->fd_writable) {
+		pthread_rwlock_unlock(&f->inval_lock);
+		return 0;
+	}
+	ret = open_io_fd(f, f->cache->cfg.readonly);
+	if (!ret && !f->fd_writable) {
+		close(f->fd);
+		ret = -EACCES;
+	}
+	if (ret) {
+		f->fd = old_fd;
+		f->fd_direct = direct;
+		f->fd_writable = false;
+	} else if (f->old_fd >= 0) {
+		close(old_fd); /* only the first old one can still be in use */
+	} else {
+		f->old_fd = old_fd;
+	}
+	pthread_rwlock_unlock(&f->inval_lock);
+	return ret;
+}
+
+static int cfile_new(struct cache *c, int path_fd, struct cfile **out)
 {
 	struct cfile *f;
 	int ret;
@@ -109,39 +214,130 @@ int cfile_open(struct cache *c, int path_fd, bool want_write,
 		return -ENOMEM;
 	f->cache = c;
 	atomic_init(&f->refs, 1);
-	f->fd = f->wfd = -1;
-	f->path_fd = fcntl(path_fd, F_DUPFD_CLOEXEC, 3);
-	if (f->path_fd < 0) {
-		ret = -errno;
-		goto out_free;
-	}
-	ret = open_io_fd(f, c->cfg.readonly);
+	f->fd = f->wfd = f->old_fd = -1;
+	ret = attach_fds(f, path_fd);
 	if (ret)
-		goto out_close_path;
-	if (want_write && !f->fd_writable) {
-		ret = -EACCES;
-		goto out_close_fd;
-	}
+		goto out_free;
 	ret = cfile_stat_ident(f, &f->ident);
 	if (ret)
-		goto out_close_fd;
+		goto out_close;
 	pthread_rwlock_init(&f->inval_lock, NULL);
 	pthread_rwlock_init(&f->pidx_lock, NULL);
 	pthread_mutex_init(&f->write_lock, NULL);
 	pthread_mutex_init(&f->wb_mutex, NULL);
 	pidx_init(&f->pidx);
 	f->size = f->backing_size = f->ident.size;
-	files_link(c, f);
 	*out = f;
 	return 0;
 
-out_close_fd:
+out_close:
 	close(f->fd);
-out_close_path:
 	close(f->path_fd);
 out_free:
 	free(f);
 	return ret;
+}
+
+static void cfile_free(struct cfile *f)
+{
+	pidx_destroy(&f->pidx);
+	pthread_rwlock_destroy(&f->inval_lock);
+	pthread_rwlock_destroy(&f->pidx_lock);
+	pthread_mutex_destroy(&f->write_lock);
+	pthread_mutex_destroy(&f->wb_mutex);
+	if (f->wfd >= 0)
+		close(f->wfd);
+	if (f->fd >= 0)
+		close(f->fd);
+	if (f->old_fd >= 0)
+		close(f->old_fd);
+	if (f->path_fd >= 0)
+		close(f->path_fd);
+	free(f->extents);
+	free(f->persist);
+	free(f);
+}
+
+/* A file the cache kept after its last reference (cfile_put) comes back,
+ * under files_lock so that nobody finds it half attached. Descriptors
+ * closed meanwhile are opened from the caller's path_fd. */
+static int reattach_locked(struct cache *c, struct cfile *f, int path_fd)
+{
+	int ret = 0;
+
+	lru_del_locked(c, f);
+	if (f->path_fd < 0)
+		ret = attach_fds(f, path_fd);
+	if (ret) {
+		/* Cannot open it now: it stays kept, and the caller fails
+		 * as a first open would. */
+		lru_add_locked(c, f);
+		return ret;
+	}
+	f->state = CF_ATTACHED;
+	atomic_store(&f->refs, 1);
+	c->reattaches++;
+	return 0;
+}
+
+int cfile_open(struct cache *c, int path_fd, bool want_write,
+	       struct cfile **out)
+{
+	struct cfile *f, *made = NULL;
+	struct stat st;
+	bool back = false;
+	int ret = 0;
+
+	if (fstat(path_fd, &st) < 0)
+		return -errno;
+	pthread_mutex_lock(&c->files_lock);
+	for (;;) {
+		f = find_locked(c, st.st_dev, st.st_ino);
+		if (f && f->state == CF_PUTTING) {
+			/* Its last reference is being dropped: see what
+			 * stays of it. */
+			pthread_cond_wait(&c->detach_done, &c->files_lock);
+			continue;
+		}
+		if (f && f->state == CF_ATTACHED) {
+			atomic_fetch_add(&f->refs, 1);
+			break;
+		}
+		if (f) {
+			ret = reattach_locked(c, f, path_fd);
+			back = true;
+			break;
+		}
+		if (made) {
+			f = made;
+			made = NULL;
+			files_link_locked(c, f);
+			break;
+		}
+		/* Descriptors are opened outside the lock; then look
+		 * again: another open may have made the file meanwhile. */
+		pthread_mutex_unlock(&c->files_lock);
+		ret = cfile_new(c, path_fd, &made);
+		if (ret)
+			return ret;
+		pthread_mutex_lock(&c->files_lock);
+	}
+	pthread_mutex_unlock(&c->files_lock);
+	if (made)
+		cfile_free(made);
+	if (ret)
+		return ret;
+	/* Back after a forget: the file may have changed meanwhile. */
+	if (back)
+		ret = cfile_revalidate(f);
+	if (!ret && want_write && !f->fd_writable)
+		ret = cfile_make_writable(f);
+	if (ret) {
+		cfile_put(f);
+		return ret;
+	}
+	*out = f;
+	return 0;
 }
 
 void cfile_get(struct cfile *f)
@@ -177,13 +373,47 @@ void cfile_drop_pages_locked(struct cfile *f, uint64_t first, uint64_t end)
 	pthread_rwlock_unlock(&f->pidx_lock);
 }
 
+/* Keep the pages of a file nobody has open (see cache.h), within the
+ * descriptor budget; files_lock held. */
+static void keep_locked(struct cache *c, struct cfile *f)
+{
+	f->state = CF_DETACHED;
+	f->owner = NULL;
+	lru_add_locked(c, f);
+	/* The oldest kept files give their descriptors back first. */
+	for (struct cfile *g = c->lru_head.lru_next;
+	     c->nr_detached_fds > c->cfg.detached_fds_max && g != &c->lru_head;
+	     g = g->lru_next)
+		if (g->path_fd >= 0)
+			close_fds_locked(c, g);
+}
+
+/*
+ * The last reference: write back, then keep the file and its clean pages
+ * (found again by cfile_open until eviction takes the last page, see
+ * cache_reap_kept), or drop and free it when it was unlinked, could not
+ * be written back, holds no page worth keeping, or the cache is going.
+ */
 void cfile_put(struct cfile *f)
 {
 	struct cache *c = f->cache;
+	int refs = atomic_load(&f->refs);
+	bool keep = false;
 	int err;
 
-	if (atomic_fetch_sub(&f->refs, 1) != 1)
+	/* Only the last put takes files_lock, so that cfile_open never
+	 * finds a file whose count dropped to zero still attached. */
+	while (refs > 1)
+		if (atomic_compare_exchange_weak(&f->refs, &refs, refs - 1))
+			return;
+	pthread_mutex_lock(&c->files_lock);
+	if (atomic_fetch_sub(&f->refs, 1) != 1) {
+		pthread_mutex_unlock(&c->files_lock);
 		return;
+	}
+	f->state = CF_PUTTING;
+	pthread_mutex_unlock(&c->files_lock);
+
 	pthread_rwlock_wrlock(&f->inval_lock);
 	if (atomic_load(&f->orphan)) {
 		if (c->share.file_gone)
@@ -194,22 +424,72 @@ void cfile_put(struct cfile *f)
 			fprintf(stderr, "samepagefs: writeback of a closed file "
 				"failed: %s; its unwritten pages are lost\n",
 				strerror(-err));
+		keep = !err && !atomic_load(&c->closing);
 	}
-	cfile_drop_pages_locked(f, 0, UINT64_MAX);
+	if (keep && f->pidx.nr > f->pidx.nr_counted) {
+		if (f->wfd >= 0)
+			close(f->wfd);
+		f->wfd = -1;
+	} else {
+		keep = false;
+		cfile_drop_pages_locked(f, 0, UINT64_MAX);
+	}
 	pthread_rwlock_unlock(&f->inval_lock);
-	files_unlink(c, f);
-	pidx_destroy(&f->pidx);
-	pthread_rwlock_destroy(&f->inval_lock);
-	pthread_rwlock_destroy(&f->pidx_lock);
-	pthread_mutex_destroy(&f->write_lock);
-	pthread_mutex_destroy(&f->wb_mutex);
-	if (f->wfd >= 0)
-		close(f->wfd);
-	close(f->fd);
-	close(f->path_fd);
-	free(f->extents);
-	free(f->persist);
-	free(f);
+
+	pthread_mutex_lock(&c->files_lock);
+	if (keep)
+		keep_locked(c, f);
+	else
+		files_unlink_locked(c, f);
+	pthread_cond_broadcast(&c->detach_done);
+	pthread_mutex_unlock(&c->files_lock);
+	if (!keep)
+		cfile_free(f);
+}
+
+/* A kept file whose pages were all evicted (only zero-frame mappings,
+ * which cost no memory, may remain) is freed; files_lock held. Returns
+ * whether it was. */
+static bool reap_one_locked(struct cache *c, struct cfile *f)
+{
+	bool empty;
+
+	if (pthread_rwlock_trywrlock(&f->pidx_lock))
+		return false;
+	empty = f->pidx.nr == f->pidx.nr_counted;
+	pthread_rwlock_unlock(&f->pidx_lock);
+	if (!empty)
+		return false;
+	if (f->pidx.nr)
+		cfile_drop_pages_locked(f, 0, UINT64_MAX);
+	lru_del_locked(c, f);
+	files_unlink_locked(c, f);
+	return true;
+}
+
+void cache_reap_kept(struct cache *c, bool all)
+{
+	struct cfile *dead[64];
+	unsigned n = 0;
+
+	pthread_mutex_lock(&c->files_lock);
+	for (struct cfile *f = c->lru_head.lru_next, *next;
+	     f != &c->lru_head && n < 64; f = next) {
+		next = f->lru_next;
+		if (all) {
+			cfile_drop_pages_locked(f, 0, UINT64_MAX);
+			lru_del_locked(c, f);
+			files_unlink_locked(c, f);
+			dead[n++] = f;
+		} else if (reap_one_locked(c, f)) {
+			dead[n++] = f;
+		}
+	}
+	pthread_mutex_unlock(&c->files_lock);
+	for (unsigned i = 0; i < n; i++)
+		cfile_free(dead[i]);
+	if (all && n == 64)
+		cache_reap_kept(c, true);
 }
 
 int cfile_revalidate(struct cfile *f)

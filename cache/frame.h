@@ -43,7 +43,7 @@ struct cache;
 struct cfile;
 
 #define FID_NONE 0u
-#define FID_ZERO 1u
+#define FID_ZERO 1u         /* == PIDX_COUNTED_FID */
 #define FID_FIRST 2u
 
 enum {

@@ -151,6 +151,10 @@ int pidx_store(struct pidx *p, uint64_t index, uint32_t fid)
 	unsigned s = slot_of(index, 1);
 	if (!(n->present & (1ULL << s)))
 		p->nr++;
+	else if (n->fid[s] == PIDX_COUNTED_FID)
+		p->nr_counted--;
+	if (fid == PIDX_COUNTED_FID)
+		p->nr_counted++;
 	n->present |= 1ULL << s;
 	n->fid[s] = fid;
 	return 0;
@@ -210,6 +214,8 @@ uint32_t pidx_erase(struct pidx *p, uint64_t index)
 	leaf->present &= ~(1ULL << s);
 	leaf->fid[s] = 0;
 	p->nr--;
+	if (old == PIDX_COUNTED_FID)
+		p->nr_counted--;
 	/* free empty nodes bottom-up */
 	for (level = 1; level <= p->height; level++) {
 		struct pidx_node *n = path[level];

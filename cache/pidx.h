@@ -29,10 +29,16 @@
 
 struct pidx_node;
 
+/* Entries naming this frame id are counted apart: the cache's zero frame,
+ * which costs no memory, so that a file holding nothing else is known to
+ * hold nothing worth keeping. */
+#define PIDX_COUNTED_FID 1u
+
 struct pidx {
 	struct pidx_node *root;
 	unsigned height;     /* 0: empty; root covers 64^height pages */
 	uint64_t nr;         /* present entries */
+	uint64_t nr_counted; /* entries naming PIDX_COUNTED_FID */
 	uint64_t nr_tagged;
 	size_t bytes;        /* node memory, for metadata_bytes */
 };

@@ -343,6 +343,11 @@ static void *wb_main(void *arg)
 				cache_wb_mark_dirty(c, f);
 			cfile_put(f);
 		}
+		/* Kept files whose last page was evicted go now. */
+		if (atomic_load(&c->st.evictions) != c->reaped_at) {
+			c->reaped_at = atomic_load(&c->st.evictions);
+			cache_reap_kept(c, false);
+		}
 		pthread_mutex_lock(&c->wb_lock);
 		if (n == WB_GRAB)
 			c->wb_kick = c->wb_kick || all;
@@ -433,6 +438,8 @@ int cache_sync_all(struct cache *c)
 	}
 	for (struct cfile *f = c->files_head.all_next;
 	     f != &c->files_head && n < cap; f = f->all_next) {
+		if (f->state != CF_ATTACHED)
+			continue; /* kept files are clean */
 		cfile_get(f);
 		all[n++] = f;
 	}

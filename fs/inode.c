@@ -82,8 +82,6 @@ static void inode_free(struct inode *in)
 {
 	if (in->cf)
 		cfile_put(in->cf);
-	if (in->cf_retired)
-		cfile_put(in->cf_retired);
 	close(in->fd);
 	pthread_mutex_destroy(&in->lock);
 	free(in);
@@ -136,8 +134,6 @@ static bool itab_unhook_if_dead(struct itab *t, struct inode *in)
 	itab_idle_del_locked(t, in);
 	if (in->cf)
 		cfile_set_owner(in->cf, NULL);
-	if (in->cf_retired)
-		cfile_set_owner(in->cf_retired, NULL);
 	return true;
 }
 
@@ -186,8 +182,6 @@ void itab_destroy(struct itab *t)
 			next = in->hnext;
 			if (in->cf)
 				cfile_set_owner(in->cf, NULL);
-			if (in->cf_retired)
-				cfile_set_owner(in->cf_retired, NULL);
 			inode_free(in);
 		}
 	}
@@ -305,29 +299,29 @@ static int inode_cfile_locked(struct cache *c, struct inode *in,
 		*out = in->cf;
 		return 0;
 	}
+	if (in->cf) {
+		/* The file became writable since it was opened read-only. */
+		ret = cfile_make_writable(in->cf);
+		if (ret)
+			return ret;
+		in->cf_writable = true;
+		*out = in->cf;
+		return 0;
+	}
 	/*
 	 * Ask for a writable cfile even for a reader, so that a later
-	 * writer finds the same object and its pages; settle for a read-only
-	 * one only when the backing file refuses (permissions, a running
-	 * executable, a read-only mount).
+	 * writer finds it ready; settle for a read-only one only when the
+	 * backing file refuses (permissions, a running executable, a
+	 * read-only mount).
 	 */
 	ret = cfile_open(c, in->fd, true, &cf);
-	if (ret == -EACCES && !want_write && !in->cf) {
+	if (ret == -EACCES && !want_write) {
 		writable = false;
 		ret = cfile_open(c, in->fd, false, &cf);
 	}
 	if (ret)
 		return ret;
 	cfile_set_owner(cf, in);
-	if (in->cf) {
-		/*
-		 * The file became writable since its read-only cfile was made.
-		 * That one holds no dirty page; requests already running may
-		 * still use it, so it stays until the cfiles are dropped.
-		 */
-		assert(!in->cf_retired);
-		in->cf_retired = in->cf;
-	}
 	__atomic_store_n(&in->cf, cf, __ATOMIC_RELEASE);
 	in->cf_writable = writable;
 	*out = cf;
@@ -385,7 +379,7 @@ int inode_open(struct itab *t, struct cache *c, struct inode *in,
 /* Drop the cfiles of an inode nobody has open; the inode is pinned. */
 static void inode_drop_cfiles(struct itab *t, struct inode *in)
 {
-	struct cfile *cf, *old;
+	struct cfile *cf;
 
 	pthread_mutex_lock(&in->lock);
 	if (in->nopen) {
@@ -393,23 +387,18 @@ static void inode_drop_cfiles(struct itab *t, struct inode *in)
 		return;
 	}
 	cf = in->cf;
-	old = in->cf_retired;
 	__atomic_store_n(&in->cf, NULL, __ATOMIC_RELEASE);
-	in->cf_retired = NULL;
 	in->cf_writable = false;
 	pthread_mutex_unlock(&in->lock);
 
 	pthread_mutex_lock(&t->lock);
 	if (cf)
 		cfile_set_owner(cf, NULL);
-	if (old)
-		cfile_set_owner(old, NULL);
 	pthread_mutex_unlock(&t->lock);
-	/* Writes the pages back; others may still hold references. */
+	/* Writes the pages back and leaves them to the cache, which keeps
+	 * them for the file; others may still hold references. */
 	if (cf)
 		cfile_put(cf);
-	if (old)
-		cfile_put(old);
 }
 
 /* The least recently closed files give their cfiles back. */

@@ -14,13 +14,14 @@
  * itab_pin_locked(): a short reference for work that must not race with a
  * forget, such as the share report or dropping an unused cfile).
  * The last of the two frees it, dropping its cfile reference, which writes
- * the file's dirty pages back.
+ * the file's dirty pages back. The pages stay: the cache keeps them for
+ * the backing file and the next inode of that file finds them again.
  *
  * Its cfile is made at the first open and kept after the last close, so
- * that the pages of a file outlive close(). Kept, but not forever: each
- * cfile costs descriptors, and the kernel may keep inodes of a large tree
- * for long. The cfiles of closed files form an LRU list; past idle_max the
- * oldest is written back and dropped (the inode stays).
+ * that a reopen costs nothing. Kept, but not forever: each cfile costs
+ * descriptors, and the kernel may keep inodes of a large tree for long.
+ * The cfiles of closed files form an LRU list; past idle_max the oldest
+ * reference is dropped (the inode stays; the cache keeps the pages).
  *
  * Locking (no lock is taken while holding another of this module):
  *   itab->lock     the hash chains, nlookup, pins, the idle list, and the
@@ -28,7 +29,7 @@
  *                  (cfile_set_owner(cf, NULL) happens under it, so that a
  *                  holder of itab->lock that finds an owner through
  *                  cfile_owner() sees a live inode it may pin).
- *   inode->lock    cf, cf_retired, cf_writable, the open counters,
+ *   inode->lock    cf, cf_writable, the open counters,
  *                  mtime_floor_ns.
  *   cache locks    (cache.h) may be taken under either of the above; the
  *                  cache never calls back into this module.
@@ -66,8 +67,6 @@ struct inode {
 
 	pthread_mutex_t lock;
 	struct cfile *cf;          /* lock; see above for lockless readers */
-	struct cfile *cf_retired;  /* lock; a read-only cfile replaced by a
-	                            * writable one, freed with the inode */
 	bool          cf_writable; /* lock */
 	unsigned      nopen;       /* lock: open file handles */
 	unsigned      nwriters;    /* lock: handles open for writing */

@@ -129,6 +129,8 @@ static int spfs_start(struct spfs *fs, const struct opts *o)
 		.size_bytes = o->cache_size,
 		.writeback_ms = o->writeback_ms,
 		.readonly = o->readonly,
+		/* as many kept files as closed files keep their cfiles */
+		.detached_fds_max = (unsigned)fs->itab.idle_max,
 	};
 	struct dedup_config dc;
 	int ret;
@@ -183,6 +185,10 @@ static int spfs_stop(struct spfs *fs)
 {
 	int status = 0, ret;
 
+	/* Shared pages still waiting to be recorded are recorded through
+	 * their files, which the next step drops. */
+	if (fs->dedup)
+		dedup_flush(fs->dedup);
 	/* Dropping the inodes drops their cfiles, which writes them back
 	 * while the store still hears of the files' new identities. */
 	itab_destroy(&fs->itab);

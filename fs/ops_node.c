@@ -431,8 +431,6 @@ static void ops_victim_done(struct spfs *fs, struct inode *in)
 		pthread_mutex_lock(&in->lock);
 		if (in->cf)
 			cfile_set_orphan(in->cf, true);
-		if (in->cf_retired)
-			cfile_set_orphan(in->cf_retired, true);
 		pthread_mutex_unlock(&in->lock);
 	}
 	itab_unpin(&fs->itab, in);

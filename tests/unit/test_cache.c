@@ -387,6 +387,123 @@ static void test_concurrent_writers_tiny_cache(void)
 	cache_destroy(c);
 }
 
+static struct cache *new_cache_fds(uint64_t bytes, unsigned fds_max)
+{
+	struct cache_config cfg = { .size_bytes = bytes, .writeback_ms = 100,
+				    .detached_fds_max = fds_max };
+	struct cache *c;
+
+	REQUIRE(cache_create(&cfg, &c) == 0);
+	return c;
+}
+
+static uint64_t backing_reads(struct cache *c)
+{
+	struct cache_stats st;
+
+	cache_get_stats(c, &st);
+	return st.backing_read_bytes;
+}
+
+/* The last reference goes (the front end forgot the inode); the next open
+ * of the same backing file finds its pages without reading them. */
+static void test_kept_pages_found_after_last_put(void)
+{
+	struct cache *c = new_cache(16 << 20);
+	struct cfile *f;
+	uint64_t reads;
+
+	testfs_make("kept", 64 * PG, 31);
+	f = open_file(c, "kept");
+	CHECK(read_matches(f, 0, 64 * PG, 31, NULL));
+	cfile_put(f);
+	reads = backing_reads(c);
+	CHECK_EQ(c->nr_detached, 1);
+	f = open_file(c, "kept");
+	CHECK_EQ(c->nr_detached, 0);
+	CHECK(read_matches(f, 0, 64 * PG, 31, NULL));
+	CHECK_EQ(backing_reads(c), reads);
+	/* written, then forgotten: the written data is what comes back */
+	CHECK_EQ(cache_write(f, "new", 3, 5 * PG + 1, false, NULL), 3);
+	cfile_put(f);
+	f = open_file(c, "kept");
+	{
+		unsigned char want[PG];
+
+		testfs_fill(want, 5 * PG, PG, 31);
+		memcpy(want + 1, "new", 3);
+		CHECK(read_matches(f, 5 * PG, PG, 0, want));
+	}
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+/* Changed behind the mount while forgotten: the new bytes, never the kept
+ * ones. */
+static void test_kept_pages_dropped_when_changed_behind(void)
+{
+	struct cache *c = new_cache(16 << 20);
+	struct cfile *f;
+
+	testfs_make("kch", 16 * PG, 32);
+	f = open_file(c, "kch");
+	CHECK(read_matches(f, 0, 16 * PG, 32, NULL));
+	cfile_put(f);
+	usleep(20000); /* a distinct mtime */
+	testfs_make("kch", 8 * PG, 33);
+	f = open_file(c, "kch");
+	CHECK_EQ(cfile_size(f), 8 * PG);
+	CHECK(read_matches(f, 0, 8 * PG, 33, NULL));
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+/* Kept files hold descriptors up to the cap, the oldest give theirs back;
+ * their pages stay, and come back through a fresh open. */
+static void test_kept_descriptors_capped(void)
+{
+	struct cache *c = new_cache_fds(16 << 20, 2);
+	char name[16];
+	struct cfile *f;
+	uint64_t reads;
+
+	for (int i = 0; i < 5; i++) {
+		snprintf(name, sizeof(name), "kd%d", i);
+		testfs_make(name, 8 * PG, 40 + i);
+		f = open_file(c, name);
+		CHECK(read_matches(f, 0, 8 * PG, 40 + i, NULL));
+		cfile_put(f);
+	}
+	CHECK_EQ(c->nr_detached, 5);
+	CHECK_EQ(c->nr_detached_fds, 2);
+	reads = backing_reads(c);
+	f = open_file(c, "kd0"); /* the oldest: no descriptor kept */
+	CHECK(read_matches(f, 0, 8 * PG, 40, NULL));
+	CHECK_EQ(backing_reads(c), reads);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
+/* A kept file whose pages were all evicted is freed. */
+static void test_kept_file_freed_once_evicted(void)
+{
+	struct cache *c = new_cache(1 << 20);
+	struct cfile *f;
+
+	testfs_make("kev", 32 * PG, 50);
+	testfs_make("kbig", 1024 * PG, 51);
+	f = open_file(c, "kev");
+	CHECK(read_matches(f, 0, 32 * PG, 50, NULL));
+	cfile_put(f);
+	CHECK_EQ(c->nr_detached, 1);
+	f = open_file(c, "kbig");
+	CHECK(read_matches(f, 0, 1024 * PG, 51, NULL));
+	cache_reap_kept(c, false);
+	CHECK_EQ(c->nr_detached, 0);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
 int main(void)
 {
 	testfs_init();
@@ -402,5 +519,9 @@ int main(void)
 	RUN(test_punch_hole_drops_cached_pages);
 	RUN(test_revalidate_sees_change_behind);
 	RUN(test_concurrent_writers_tiny_cache);
+	RUN(test_kept_pages_found_after_last_put);
+	RUN(test_kept_pages_dropped_when_changed_behind);
+	RUN(test_kept_descriptors_capped);
+	RUN(test_kept_file_freed_once_evicted);
 	return CHECK_DONE();
 }
