@@ -2,6 +2,7 @@
 #include "cache_i.h"
 #include "bio.h"
 #include "pause.h"
+#include "pressure.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -56,6 +57,10 @@ int cache_create(const struct cache_config *cfg, struct cache **out)
 	ret = cache_wb_start(c);
 	if (ret)
 		goto out_fini;
+	if (cfg->watch_pressure && pressure_start(c) == -ENOENT)
+		fprintf(stderr, "samepagefs: no memory pressure notification "
+			"here (PSI or a memory cgroup): the cache keeps its "
+			"budget under pressure\n");
 	*out = c;
 	return 0;
 
@@ -73,6 +78,7 @@ int cache_destroy(struct cache *c)
 	if (!c)
 		return 0;
 	atomic_store(&c->closing, true);
+	pressure_stop(c);
 	cache_wb_stop(c);
 	ret = cache_sync_all(c);
 	cache_reap_kept(c, true);
@@ -202,11 +208,18 @@ out_unlock:
 	return ok;
 }
 
+/*
+ * The clock, with one twist: a shared frame saves a refill per mapper, so
+ * when its reference bit is cleared it earns a credit of up to three more
+ * passes (one per mapper beyond the first). Unshared frames, those of
+ * closed files among them, go first; the cost per eviction stays bounded
+ * by the passes a credit allows.
+ */
 unsigned cache_evict_locked(struct cache *c, unsigned want)
 {
 	struct frame_table *t = &c->ft;
 	unsigned done = 0;
-	uint64_t budget = 2ull * t->high + 2;
+	uint64_t budget = 5ull * t->high + 2;
 
 	while (done < want && budget--) {
 		uint32_t fid = t->clock_hand++;
@@ -226,7 +239,18 @@ unsigned cache_evict_locked(struct cache *c, unsigned want)
 		if (atomic_load(&fr->pins) || !fr->nmappers)
 			continue;
 		if (fl & F_REF) {
-			frame_clear(fr, F_REF);
+			uint32_t credit = fr->nmappers - 1;
+
+			frame_clear(fr, F_REF | F_CREDIT);
+			if (credit)
+				frame_set(fr, (credit > 3 ? 3 : credit)
+						      << F_CREDIT_SHIFT);
+			continue;
+		}
+		if (fl & F_CREDIT) {
+			frame_clear(fr, F_CREDIT);
+			frame_set(fr, (((fl & F_CREDIT) >> F_CREDIT_SHIFT) - 1)
+					      << F_CREDIT_SHIFT);
 			continue;
 		}
 		if (evict_one(c, fid)) {
@@ -431,6 +455,12 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	st->cow_breaks = atomic_load(&a->cow_breaks);
 	st->invalidations = atomic_load(&a->invalidations);
 	st->clone_shares = atomic_load(&a->clone_shares);
+	st->pressure_shrinks = atomic_load(&a->pressure_shrinks);
+	st->pressure_bytes = atomic_load(&a->pressure_bytes);
+	pthread_mutex_lock(&c->files_lock);
+	st->files_kept = c->nr_detached;
+	st->file_reattaches = c->reattaches;
+	pthread_mutex_unlock(&c->files_lock);
 }
 
 int cache_failpoint_set(const char *key, const char *value)

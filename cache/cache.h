@@ -68,6 +68,7 @@ struct cache_config {
 				    * (0: 256) */
 	unsigned writeback_ms;     /* dirty pages reach disk within this */
 	bool     readonly;         /* mount is read-only: never open for write */
+	bool     watch_pressure;   /* shrink on memory pressure (pressure.h) */
 };
 
 /* Counters; all monotonic except the gauges marked (g). */
@@ -94,6 +95,10 @@ struct cache_stats {
 	uint64_t pages_volatile;       /* (g) written, not yet a candidate */
 	uint64_t rmap_bytes;           /* (g) mapper lists of shared frames */
 	uint64_t clone_shares;         /* pages shared by cache_clone_range */
+	uint64_t pressure_shrinks;     /* shrinks on memory pressure events */
+	uint64_t pressure_bytes;       /* frame bytes those shrinks freed */
+	uint64_t files_kept;           /* (g) files kept with pages, closed */
+	uint64_t file_reattaches;      /* kept files opened again */
 };
 
 int cache_create(const struct cache_config *cfg, struct cache **out);

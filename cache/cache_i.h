@@ -24,7 +24,8 @@
 struct cstat_atomic {
 	_Atomic uint64_t hits, misses, evictions, backing_read_bytes,
 		backing_write_bytes, backing_reads, backing_writes,
-		writeback_errors, cow_breaks, invalidations, clone_shares;
+		writeback_errors, cow_breaks, invalidations, clone_shares,
+		pressure_shrinks, pressure_bytes;
 };
 
 struct cfile_ident {
@@ -119,6 +120,7 @@ struct cache {
 	uint64_t reattaches;                /* files_lock */
 	pthread_cond_t detach_done;         /* files_lock: a put finished */
 	_Atomic bool closing;               /* cache_destroy: keep nothing */
+	struct pressure *pressure;          /* pressure.c; NULL if none */
 	int64_t meta_fixed;                 /* frame table bytes */
 };
 

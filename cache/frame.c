@@ -89,6 +89,16 @@ void frame_free_locked(struct frame_table *t, uint32_t fid)
 	t->used--;
 }
 
+void frame_discard_free_locked(struct frame_table *t, unsigned n)
+{
+	uint64_t fid = t->free_head;
+
+	while (n-- && fid != FREE_END) {
+		madvise(t->arena + (fid << 12), 1u << 12, MADV_DONTNEED);
+		fid = t->frames[fid].m.next_free;
+	}
+}
+
 static long futex(_Atomic uint32_t *addr, int op, uint32_t val)
 {
 	return syscall(SYS_futex, (uint32_t *)addr, op, val, NULL, NULL, 0);

@@ -64,6 +64,10 @@ enum {
 	F_PHYS = 1u << 14,     /* phys names a shared extent block */
 	F_PERSISTED = 1u << 15, /* fp is the one the store has for it */
 	F_DIGEST = 1u << 16,   /* dedup holds a SHA-256 of the content */
+	/* Clock passes a shared frame survives unreferenced (2 bits, only
+	 * the clock changes them, under map_lock). */
+	F_CREDIT_SHIFT = 17,
+	F_CREDIT = 3u << 17,
 };
 
 struct mapping {
@@ -178,6 +182,10 @@ void frame_table_fini(struct frame_table *t);
  * pin, flags 0. */
 uint32_t frame_alloc_locked(struct frame_table *t);
 void frame_free_locked(struct frame_table *t, uint32_t fid);
+
+/* Give the memory of the n frames freed last back to the kernel: a frame
+ * is written whole before it is used again. map_lock held. */
+void frame_discard_free_locked(struct frame_table *t, unsigned n);
 
 /* Wait until IO is clear. */
 void frame_wait_io(struct frame *fr);

@@ -116,6 +116,10 @@ static void ctl_stats(struct spfs *fs, struct ctl_buf *b)
 	U("writeback_errors", cs.writeback_errors);
 	U("invalidations", cs.invalidations);
 	U("stable_chains", ds.stable_chains);
+	U("pressure_shrinks", cs.pressure_shrinks);
+	U("pressure_bytes", cs.pressure_bytes);
+	U("files_kept", cs.files_kept);
+	U("file_reattaches", cs.file_reattaches);
 #undef U
 	ctl_printf(b, "general_profit %" PRId64 "\n", ds.general_profit);
 }

@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "opts.h"
+#include "pressure.h"
 
 #define OPTS_MIN_CACHE   (1ull << 20)
 #define OPTS_MAX_DEFAULT (4ull << 30)
@@ -221,21 +222,16 @@ const char *opts_scope_name(enum opts_scope scope)
 	}
 }
 
-/* A container's memory limit counts as the machine's size. */
+/* A container's memory limit (the daemon's cgroup, v1 or v2) counts as
+ * the machine's size. */
 static uint64_t opts_memory_bytes(void)
 {
 	long pages = sysconf(_SC_PHYS_PAGES);
 	long psz = sysconf(_SC_PAGESIZE);
 	uint64_t mem = pages > 0 && psz > 0 ? (uint64_t)pages * psz : 0;
-	FILE *f = fopen("/sys/fs/cgroup/memory.max", "r");
-	unsigned long long lim;
+	uint64_t lim = memcg_limit_bytes();
 
-	if (f) {
-		if (fscanf(f, "%llu", &lim) == 1 && lim && lim < mem)
-			mem = lim;
-		fclose(f);
-	}
-	return mem;
+	return lim && lim < mem ? lim : mem;
 }
 
 static int opts_check_values(struct opts *o)

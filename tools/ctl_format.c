@@ -245,6 +245,8 @@ static const struct counter_doc {
 	{ "zero_pages", true, "Page mappings of the shared zero frame." },
 	{ "frames_dirty", true, "Frames written but not yet written back." },
 	{ "files_cached", true, "Files with a page index in the cache." },
+	{ "files_kept", true,
+	  "Closed files the kernel forgot whose clean pages the cache keeps." },
 	{ "general_profit", true,
 	  "Bytes saved by sharing minus the bytes of dedup metadata." },
 	{ "stable_chains", true,
@@ -268,6 +270,12 @@ static const struct counter_doc {
 	{ "writeback_errors", false, "Writebacks that failed." },
 	{ "invalidations", false,
 	  "Pages dropped by truncate, hole punching or a changed backing file." },
+	{ "file_reattaches", false,
+	  "Kept files found again by a later lookup, pages and all." },
+	{ "pressure_shrinks", false,
+	  "Times the cache shrank on a memory pressure notification." },
+	{ "pressure_bytes", false,
+	  "Frame bytes given back to the kernel by those shrinks." },
 };
 
 static const struct counter_doc *counter_doc(const char *name)
