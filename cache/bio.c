@@ -7,6 +7,7 @@
 #include <liburing.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@ struct bio_ring {
 };
 
 static pthread_key_t ring_key;
+static _Atomic uint64_t ring_fallbacks; /* threads without a ring */
 static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
 
 static void ring_free(void *p)
@@ -29,6 +31,11 @@ static void ring_free(void *p)
 	if (r->ok)
 		io_uring_queue_exit(&r->ring);
 	free(r);
+}
+
+uint64_t bio_ring_fallbacks(void)
+{
+	return atomic_load(&ring_fallbacks);
 }
 
 static void ring_key_init(void)
@@ -49,8 +56,14 @@ static struct bio_ring *thread_ring(void)
 		pthread_setspecific(ring_key, r);
 	}
 	if (!r->tried) {
+		int ret = io_uring_queue_init(RING_ENTRIES, &r->ring, 0);
+
 		r->tried = true;
-		r->ok = io_uring_queue_init(RING_ENTRIES, &r->ring, 0) == 0;
+		r->ok = ret == 0;
+		if (!r->ok && !atomic_fetch_add(&ring_fallbacks, 1))
+			fprintf(stderr, "samepagefs: no io_uring for backing "
+				"I/O (%s): threads fall back to preadv/pwritev\n",
+				strerror(-ret));
 	}
 	return r;
 }

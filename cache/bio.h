@@ -41,5 +41,8 @@ int bio_run(struct bio_req *reqs, unsigned n);
 /* key: "fail_read" or "fail_write"; value: "ERRNO" (persistent),
  * "ERRNO:once", or "0" (off). -ENOTSUP in builds without failpoints. */
 int bio_failpoint_set(const char *key, const char *value);
+/* Threads that could not set up an io_uring and use preadv/pwritev (the
+ * first one logs why). */
+uint64_t bio_ring_fallbacks(void);
 
 #endif

@@ -31,8 +31,6 @@ int cache_create(const struct cache_config *cfg, struct cache **out)
 	if (!c)
 		return -ENOMEM;
 	c->cfg = *cfg;
-	if (!c->cfg.writeback_ms)
-		c->cfg.writeback_ms = 5000;
 	/* + 1: the zero frame, which is never touched (the kernel's zero
 	 * page backs it) and so costs no memory */
 	limit = pages_of(cfg->size_bytes) + 1;
@@ -317,12 +315,7 @@ uint32_t cache_frame_alloc(struct cache *c, bool wait)
 		pthread_mutex_unlock(&c->map_lock);
 		cache_wb_kick(c);
 		pthread_mutex_lock(&c->map_lock);
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 10 * 1000000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		cache_deadline(&ts, 10);
 		pthread_cond_timedwait(&c->frames_freed, &c->map_lock, &ts);
 	}
 	pthread_mutex_unlock(&c->map_lock);
@@ -456,6 +449,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	st->invalidations = atomic_load(&a->invalidations);
 	st->clone_shares = atomic_load(&a->clone_shares);
 	st->pressure_shrinks = atomic_load(&a->pressure_shrinks);
+	st->uring_fallbacks = bio_ring_fallbacks();
 	st->pressure_bytes = atomic_load(&a->pressure_bytes);
 	pthread_mutex_lock(&c->files_lock);
 	st->files_kept = c->nr_detached;

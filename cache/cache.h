@@ -66,7 +66,9 @@ struct cache_config {
 	uint64_t size_bytes;       /* memory budget for frames */
 	unsigned detached_fds_max; /* kept files that keep descriptors
 				    * (0: 256) */
-	unsigned writeback_ms;     /* dirty pages reach disk within this */
+	unsigned writeback_ms;     /* dirty pages reach disk within this;
+				    * 0: write-through, every write is on
+				    * the backing file when it returns */
 	bool     readonly;         /* mount is read-only: never open for write */
 	bool     watch_pressure;   /* shrink on memory pressure (pressure.h) */
 };
@@ -87,7 +89,11 @@ struct cache_stats {
 	uint64_t backing_writes;
 	uint64_t writeback_errors;
 	uint64_t cow_breaks;
-	uint64_t invalidations;        /* pages dropped by truncate/punch/c2o */
+	uint64_t invalidations;        /* pages dropped because their data
+					* changed: truncate, punch, clone
+					* over them, a file changed behind
+					* the mount (not eviction, not a
+					* file's cache being let go) */
 	uint64_t pages_shared;         /* (g) frames with more than one mapper */
 	uint64_t pages_sharing;        /* (g) mappings beyond the first */
 	uint64_t zero_maps;            /* (g) pages mapped to the zero frame */
@@ -99,6 +105,8 @@ struct cache_stats {
 	uint64_t pressure_bytes;       /* frame bytes those shrinks freed */
 	uint64_t files_kept;           /* (g) files kept with pages, closed */
 	uint64_t file_reattaches;      /* kept files opened again */
+	uint64_t uring_fallbacks;      /* (g) threads doing I/O without
+					* io_uring (preadv/pwritev) */
 };
 
 int cache_create(const struct cache_config *cfg, struct cache **out);

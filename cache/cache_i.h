@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #ifdef NDEBUG
 #define CACHE_BUG_ON(cond) ((void)0)
@@ -175,9 +176,23 @@ int cfile_stat_ident(struct cfile *f, struct cfile_ident *id);
 /* Free kept files whose pages were all evicted (all: every kept file). */
 void cache_reap_kept(struct cache *c, bool all);
 /* Drop all pages (dirty ones too: caller wrote them back or does not want
- * them); inval_lock held exclusive. */
-void cfile_drop_pages_locked(struct cfile *f, uint64_t first, uint64_t end);
+ * them); inval_lock held exclusive. inval: their data changed (counted as
+ * invalidations), rather than the file's cache being let go. */
+void cfile_drop_pages_locked(struct cfile *f, uint64_t first, uint64_t end,
+			     bool inval);
 
 int64_t cache_now_ns(void);
+
+/* ms from now on CLOCK_REALTIME, for pthread_cond_timedwait. */
+static inline void cache_deadline(struct timespec *ts, unsigned ms)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
 
 #endif

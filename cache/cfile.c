@@ -346,7 +346,8 @@ void cfile_get(struct cfile *f)
 }
 
 /* Remove (f, index) -> fid for all pages in [first, end). */
-void cfile_drop_pages_locked(struct cfile *f, uint64_t first, uint64_t end)
+void cfile_drop_pages_locked(struct cfile *f, uint64_t first, uint64_t end,
+			     bool inval)
 {
 	struct cache *c = f->cache;
 	uint64_t idx[64];
@@ -367,7 +368,8 @@ void cfile_drop_pages_locked(struct cfile *f, uint64_t first, uint64_t end)
 			cache_unmap_page_locked(c, f, idx[i], fid[i]);
 		}
 		pthread_mutex_unlock(&c->map_lock);
-		atomic_fetch_add(&c->st.invalidations, n);
+		if (inval)
+			atomic_fetch_add(&c->st.invalidations, n);
 		first = idx[n - 1] + 1;
 	}
 	pthread_rwlock_unlock(&f->pidx_lock);
@@ -432,7 +434,7 @@ void cfile_put(struct cfile *f)
 		f->wfd = -1;
 	} else {
 		keep = false;
-		cfile_drop_pages_locked(f, 0, UINT64_MAX);
+		cfile_drop_pages_locked(f, 0, UINT64_MAX, false);
 	}
 	pthread_rwlock_unlock(&f->inval_lock);
 
@@ -461,7 +463,7 @@ static bool reap_one_locked(struct cache *c, struct cfile *f)
 	if (!empty)
 		return false;
 	if (f->pidx.nr)
-		cfile_drop_pages_locked(f, 0, UINT64_MAX);
+		cfile_drop_pages_locked(f, 0, UINT64_MAX, false);
 	lru_del_locked(c, f);
 	files_unlink_locked(c, f);
 	return true;
@@ -477,7 +479,7 @@ void cache_reap_kept(struct cache *c, bool all)
 	     f != &c->lru_head && n < 64; f = next) {
 		next = f->lru_next;
 		if (all) {
-			cfile_drop_pages_locked(f, 0, UINT64_MAX);
+			cfile_drop_pages_locked(f, 0, UINT64_MAX, false);
 			lru_del_locked(c, f);
 			files_unlink_locked(c, f);
 			dead[n++] = f;
@@ -508,7 +510,7 @@ int cfile_revalidate(struct cfile *f)
 		f->ident = now;
 		goto out;
 	}
-	cfile_drop_pages_locked(f, 0, UINT64_MAX);
+	cfile_drop_pages_locked(f, 0, UINT64_MAX, true);
 	pthread_rwlock_wrlock(&f->pidx_lock);
 	f->size = f->backing_size = now.size;
 	pthread_rwlock_unlock(&f->pidx_lock);
@@ -570,7 +572,7 @@ int cache_invalidate_file(struct cfile *f)
 	pthread_rwlock_wrlock(&f->inval_lock);
 	ret = cfile_writeback_locked(f);
 	if (!ret)
-		cfile_drop_pages_locked(f, 0, UINT64_MAX);
+		cfile_drop_pages_locked(f, 0, UINT64_MAX, false);
 	pthread_rwlock_unlock(&f->inval_lock);
 	return ret;
 }

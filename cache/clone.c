@@ -114,7 +114,7 @@ ssize_t cache_clone_range(struct cfile *src, uint64_t soff, struct cfile *dst,
 		goto out_unlock;
 	}
 	cfile_drop_pages_locked(dst, doff >> CACHE_PAGE_SHIFT,
-				(doff + len + PG - 1) >> CACHE_PAGE_SHIFT);
+				(doff + len + PG - 1) >> CACHE_PAGE_SHIFT, true);
 	r = (struct file_clone_range){ .src_fd = src->fd,
 				       .src_offset = soff,
 				       .src_length = len,

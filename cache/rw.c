@@ -712,6 +712,16 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		if (atomic_load(&c->nr_dirty) * 2 > c->ft.limit)
 			cache_wb_kick(c);
 	}
+	/* writeback_ms=0: write-through, on disk before the write returns. */
+	if (done && !c->cfg.writeback_ms) {
+		int err = cfile_writeback_locked(f);
+
+		if (err) {
+			atomic_store(&f->wb_err, 0); /* reported right here */
+			done = 0;
+			ret = err;
+		}
+	}
 	pthread_rwlock_unlock(&f->inval_lock);
 	if (done)
 		atomic_store(&f->mtime_ns, cache_now_ns());

@@ -31,7 +31,7 @@ static void zero_tail_page(struct cfile *f, uint64_t index, size_t from)
 		memset((char *)cache_frame_data(c, fid) + from, 0, PG - from);
 	pthread_rwlock_unlock(&f->pidx_lock);
 	if (fid && !dirty)
-		cfile_drop_pages_locked(f, index, index + 1);
+		cfile_drop_pages_locked(f, index, index + 1, true);
 }
 
 /* After a backing call on a written-back file, the disk has the truth. */
@@ -63,7 +63,7 @@ int cache_truncate(struct cfile *f, uint64_t size)
 		goto out_unlock;
 	}
 	cfile_drop_pages_locked(f, (size + PG - 1) >> CACHE_PAGE_SHIFT,
-				UINT64_MAX);
+				UINT64_MAX, true);
 	if (size & (PG - 1))
 		zero_tail_page(f, size >> CACHE_PAGE_SHIFT, size & (PG - 1));
 	pthread_rwlock_wrlock(&f->pidx_lock);
@@ -100,7 +100,7 @@ int cache_fallocate(struct cfile *f, int mode, uint64_t off, uint64_t len)
 		end = UINT64_MAX;
 	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE |
 		    FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE))
-		cfile_drop_pages_locked(f, first, end);
+		cfile_drop_pages_locked(f, first, end, true);
 	if (fallocate(f->fd, mode, (off_t)off, (off_t)len) < 0)
 		ret = -errno;
 	adopt_backing_size(f, first);

@@ -308,13 +308,7 @@ static void *wb_main(void *arg)
 		if (!c->wb_kick) {
 			struct timespec ts;
 
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += period_ms / 1000;
-			ts.tv_nsec += (long)(period_ms % 1000) * 1000000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
+			cache_deadline(&ts, (unsigned)period_ms);
 			pthread_cond_timedwait(&c->wb_cond, &c->wb_lock, &ts);
 		}
 		all = c->wb_kick;

@@ -120,6 +120,7 @@ static void ctl_stats(struct spfs *fs, struct ctl_buf *b)
 	U("pressure_bytes", cs.pressure_bytes);
 	U("files_kept", cs.files_kept);
 	U("file_reattaches", cs.file_reattaches);
+	U("uring_fallbacks", cs.uring_fallbacks);
 #undef U
 	ctl_printf(b, "general_profit %" PRId64 "\n", ds.general_profit);
 }

@@ -245,6 +245,8 @@ static const struct counter_doc {
 	{ "zero_pages", true, "Page mappings of the shared zero frame." },
 	{ "frames_dirty", true, "Frames written but not yet written back." },
 	{ "files_cached", true, "Files with a page index in the cache." },
+	{ "uring_fallbacks", true,
+	  "Threads doing backing I/O with preadv/pwritev: no io_uring." },
 	{ "files_kept", true,
 	  "Closed files the kernel forgot whose clean pages the cache keeps." },
 	{ "general_profit", true,

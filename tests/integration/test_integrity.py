@@ -14,7 +14,8 @@ serve stale data, with the daemon's pause points (builds with
   the thread's writes are on disk;
 * a file truncated behind the mount: a read past its new end is short;
 * a disk that refuses every write under a full cache: the writer gets an
-  error after a bounded wait, and the log says why.
+  error after a bounded wait, and the log says why;
+* writeback_ms=0 is write-through.
 """
 
 import ctypes
@@ -280,6 +281,23 @@ class TestFullCacheFailingDisk(sp.MountTestCase):
             os.close(fd)
         with open(os.path.join(self.m.backing, 'f'), 'rb') as f:
             self.assertEqual(f.read(n), chunk * i)
+
+
+class TestWriteThrough(sp.MountTestCase):
+    mount_opts = ('cache_size=64M', 'writeback_ms=0')
+
+    def test_write_is_on_the_backing_file_when_it_returns(self):
+        fd = os.open(self.m.path('w'), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            for i in range(8):
+                data = os.urandom(3 * PAGE + 17)
+                os.pwrite(fd, data, i * 5000)
+                with open(os.path.join(self.m.backing, 'w'), 'rb') as f:
+                    f.seek(i * 5000)
+                    self.assertEqual(f.read(len(data)), data, i)
+        finally:
+            os.close(fd)
+        self.assertEqual(self.m.stats()['frames_dirty'], 0)
 
 
 if __name__ == '__main__':
