@@ -90,7 +90,8 @@ static void ctl_stats(struct spfs *fs, struct ctl_buf *b)
 		dedup_get_stats(fs->dedup, &ds);
 
 #define U(name, v) ctl_printf(b, "%s %" PRIu64 "\n", name, (uint64_t)(v))
-	/* The DESIGN.md counters first, in its order. */
+	/* The counters the man page promises first (samepagectl(1)), KSM's
+	 * names where the meaning is KSM's. */
 	U("pages_shared", ds.pages_shared);
 	U("pages_sharing", ds.pages_sharing);
 	U("pages_unshared", ds.pages_unshared);

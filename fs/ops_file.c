@@ -352,10 +352,11 @@ void ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 }
 
 /*
- * Copied through the cache: the destination's pages are written like any
- * write (and may merge with the source's again after writeback). Cloning
- * the backing range would be cheaper for aligned ranges with nothing
- * dirty; correctness first.
+ * A clone of the backing range where the backing file system can (page
+ * aligned, same file system): no data moves, and the destination maps the
+ * source's resident frames. Otherwise copied through the cache: the
+ * destination's pages are written like any write (and may merge with the
+ * source's again after writeback).
  */
 void ops_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			 struct fuse_file_info *fi_in, fuse_ino_t ino_out,

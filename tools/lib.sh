@@ -11,7 +11,7 @@ info() { printf '    %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 need_root() {
-	[ "$(id -u)" -eq 0 ] || die "run as root (sudo $0): mounting and package installs need it"
+	[ "$(id -u)" -eq 0 ] || die "run $0 as root: mounting and package installs need it"
 }
 
 # Install the Debian packages that are missing; apt-get update only if any are.
