@@ -345,7 +345,7 @@ int cache_set_limit(struct cache *c, uint64_t bytes)
 		ret = -ENOSPC;
 		goto out;
 	}
-	c->ft.limit = limit;
+	__atomic_store_n(&c->ft.limit, limit, __ATOMIC_RELAXED);
 	if (c->ft.used > limit)
 		cache_evict_locked(c, c->ft.used - limit);
 	c->cfg.size_bytes = bytes;

@@ -85,16 +85,16 @@ static int by_key(const void *a, const void *b)
 {
 	const struct cfile *x = a, *y = b;
 
-	if (x->ident.dev != y->ident.dev)
-		return x->ident.dev < y->ident.dev ? -1 : 1;
-	if (x->ident.ino != y->ident.ino)
-		return x->ident.ino < y->ident.ino ? -1 : 1;
+	if (x->key_dev != y->key_dev)
+		return x->key_dev < y->key_dev ? -1 : 1;
+	if (x->key_ino != y->key_ino)
+		return x->key_ino < y->key_ino ? -1 : 1;
 	return 0;
 }
 
 static struct cfile *find_locked(struct cache *c, dev_t dev, ino_t ino)
 {
-	struct cfile key = { .ident = { .dev = dev, .ino = ino } };
+	struct cfile key = { .key_dev = dev, .key_ino = ino };
 	struct cfile **hit = tfind(&key, &c->by_key, by_key);
 
 	return hit ? *hit : NULL;
@@ -178,15 +178,20 @@ static int attach_fds(struct cfile *f, int path_fd)
 
 int cfile_make_writable(struct cfile *f)
 {
-	int old_fd = f->fd, ret;
-	bool direct = f->fd_direct;
+	struct cache *c = f->cache;
+	int old_fd, ret;
+	bool direct;
 
 	pthread_rwlock_wrlock(&f->inval_lock);
 	if (f->fd_writable) {
 		pthread_rwlock_unlock(&f->inval_lock);
 		return 0;
 	}
-	ret = open_io_fd(f, f->cache->cfg.readonly);
+	old_fd = f->fd;
+	direct = f->fd_direct;
+	/* dedup reads a mapper's descriptor under map_lock (reflink.c) */
+	pthread_mutex_lock(&c->map_lock);
+	ret = open_io_fd(f, c->cfg.readonly);
 	if (!ret && !f->fd_writable) {
 		close(f->fd);
 		ret = -EACCES;
@@ -195,11 +200,11 @@ int cfile_make_writable(struct cfile *f)
 		f->fd = old_fd;
 		f->fd_direct = direct;
 		f->fd_writable = false;
-	} else if (f->old_fd >= 0) {
-		close(old_fd); /* only the first old one can still be in use */
 	} else {
+		/* A file becomes writable once: this is the only old fd. */
 		f->old_fd = old_fd;
 	}
+	pthread_mutex_unlock(&c->map_lock);
 	pthread_rwlock_unlock(&f->inval_lock);
 	return ret;
 }
@@ -221,6 +226,8 @@ static int cfile_new(struct cache *c, int path_fd, struct cfile **out)
 	ret = cfile_stat_ident(f, &f->ident);
 	if (ret)
 		goto out_close;
+	f->key_dev = f->ident.dev;
+	f->key_ino = f->ident.ino;
 	pthread_rwlock_init(&f->inval_lock, NULL);
 	pthread_rwlock_init(&f->pidx_lock, NULL);
 	pthread_mutex_init(&f->write_lock, NULL);

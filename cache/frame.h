@@ -134,7 +134,8 @@ struct frame_table {
 	struct frame *frames;
 	unsigned char *arena;
 	uint32_t capacity;          /* frames reserved (ids < capacity) */
-	uint32_t limit;             /* budget in frames (map_lock) */
+	uint32_t limit;             /* budget in frames (map_lock; stored
+				     * atomically, read without it too) */
 	uint32_t used;              /* allocated, incl. zero frame (map_lock) */
 	uint32_t high;              /* ids >= high never used (map_lock) */
 	uint64_t free_head;         /* map_lock */

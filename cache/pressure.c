@@ -163,8 +163,9 @@ static void relax(struct cache *c)
 
 	pthread_mutex_lock(&c->map_lock);
 	if (c->ft.limit < full)
-		c->ft.limit = full - c->ft.limit > full / 16 ?
-			      c->ft.limit + full / 16 : full;
+		__atomic_store_n(&c->ft.limit, full - c->ft.limit > full / 16 ?
+					       c->ft.limit + full / 16 : full,
+				 __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&c->map_lock);
 }
 
@@ -276,7 +277,7 @@ uint64_t cache_pressure_shrink(struct cache *c)
 	if (target < 17)
 		target = 17;
 	if (target < c->ft.limit)
-		c->ft.limit = target;
+		__atomic_store_n(&c->ft.limit, target, __ATOMIC_RELAXED);
 	while (c->ft.used > c->ft.limit) {
 		unsigned n = cache_evict_locked(c, c->ft.used - c->ft.limit);
 

@@ -709,7 +709,8 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		/* On the dirty list at once: a long write in a small cache
 		 * needs writeback to free frames before it ends. */
 		cache_wb_mark_dirty(c, f);
-		if (atomic_load(&c->nr_dirty) * 2 > c->ft.limit)
+		if (atomic_load(&c->nr_dirty) * 2 >
+		    __atomic_load_n(&c->ft.limit, __ATOMIC_RELAXED))
 			cache_wb_kick(c);
 	}
 	/* writeback_ms=0: write-through, on disk before the write returns. */

@@ -203,8 +203,10 @@ static uint64_t phys_word(int devid, uint64_t phys)
 }
 
 /* Does mapper (g, index) of a clean frame place it at block word `key`
- * now? g's map must be the one of g's current identity, which must be
- * the one the cache holds g's pages for. map_lock held. */
+ * now? g's map must be of g's current identity. A map is only loaded
+ * while the file is as the cache holds its pages (reflink_lookup) and is
+ * dropped by every change the mount makes, so that suffices. map_lock
+ * held (which keeps g's map and descriptor). */
 static bool mapper_vouches(struct dedup *d, struct cfile *g, uint64_t index,
 			   uint64_t key)
 {
@@ -213,7 +215,7 @@ static bool mapper_vouches(struct dedup *d, struct cfile *g, uint64_t index,
 	uint64_t phys;
 	int devid;
 
-	if (!m || m->unsupported || !cfile_ident_equal(&m->ident, &g->ident))
+	if (!m || m->unsupported)
 		return false;
 	switch (page_phys(m, index, &phys)) {
 	case PAGE_OWN:
@@ -222,10 +224,10 @@ static bool mapper_vouches(struct dedup *d, struct cfile *g, uint64_t index,
 	default:
 		return false;
 	}
-	devid = dev_id(d, g->ident.dev);
+	devid = dev_id(d, m->ident.dev);
 	if (devid < 0 || phys_word(devid, phys) != key)
 		return false;
-	return !cfile_stat_ident(g, &now) && cfile_ident_equal(&now, &g->ident);
+	return !cfile_stat_ident(g, &now) && cfile_ident_equal(&now, &m->ident);
 }
 
 /* Is frame fid's block claim true now (see Trust above)? map_lock held. */
