@@ -595,7 +595,9 @@ class ConcurrentModel:
     def fail_with(self, msg):
         report = sp.sanitizer_report(self.m.log())
         if report:
-            msg += f'\n\nsanitizer report in the daemon log:\n{report}'
+            # The cause first: what the processes saw follows from it.
+            msg = (f'sanitizer report in the daemon log:\n{report}\n\n'
+                   f'what the processes saw:\n{msg}')
         elif self.m.proc is not None and self.m.proc.poll() is not None:
             msg += (f'\n\nthe daemon exited ({self.m.proc.returncode}):\n'
                     f'{self.m.log()[-3000:]}')
