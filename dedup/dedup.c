@@ -80,10 +80,12 @@ static void hash_fill(void *ctx, struct frame *fr, const void *data)
 	struct dedup *d = ctx;
 	struct fp h;
 
-	if (d->scope == DEDUP_SCOPE_NONE ||
-	    (frame_flags(fr) & F_HASHED)) /* known from the store */
+	if (d->scope == DEDUP_SCOPE_NONE)
 		return;
+	/* Always from the content read, never from the store: a frame's
+	 * fingerprint must say what the frame holds. */
 	fp_page(data, &h);
+	persist_fill_digest(d, fr, data, &h);
 	fr->fp[0] = h.lo;
 	fr->fp[1] = h.hi;
 	frame_set(fr, F_HASHED);
@@ -253,12 +255,14 @@ int dedup_create(struct cache *c, const struct dedup_config *cfg,
 	stree_init(&d->phys, phys_key, d);
 	pthread_mutex_init(&d->scan_lock, NULL);
 	pthread_mutex_init(&d->scope_lock, NULL);
+	pthread_mutex_init(&d->digest_lock, NULL);
 	d->scope_next = 1;
 	pthread_cond_init(&d->scan_cond, NULL);
 	pthread_cond_init(&d->scan_done, NULL);
 	d->cursor = FID_FIRST;
 	ret = persist_open(d, cfg);
 	if (ret) {
+		pthread_mutex_destroy(&d->digest_lock);
 		pthread_mutex_destroy(&d->scan_lock);
 		pthread_cond_destroy(&d->scan_cond);
 		pthread_cond_destroy(&d->scan_done);
@@ -283,12 +287,17 @@ void dedup_destroy(struct dedup *d)
 	if (!d)
 		return;
 	dedup_scan_stop(d);
+	/* Shared frames still waiting for a digest: recorded now, before
+	 * the store closes, so that a quick unmount persists too. */
+	dedup_flush(d);
 	pthread_mutex_lock(&d->c->map_lock);
 	cache_set_share_ops(d->c, &none);
-	/* Frames stay resident; they simply leave the trees. */
+	/* Frames stay resident; they simply leave the trees (and their
+	 * digests go with persist_close). */
 	for (uint32_t fid = FID_FIRST; fid < d->c->ft.high; fid++)
 		frame_clear(cache_frame(d->c, fid),
-			    F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED);
+			    F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED |
+			    F_PERSISTED | F_DIGEST);
 	stree_fini(&d->stable);
 	stree_fini(&d->unstable);
 	stree_fini(&d->phys);
@@ -296,6 +305,7 @@ void dedup_destroy(struct dedup *d)
 	persist_close(d);
 	pthread_mutex_destroy(&d->scan_lock);
 	pthread_mutex_destroy(&d->scope_lock);
+	pthread_mutex_destroy(&d->digest_lock);
 	pthread_cond_destroy(&d->scan_cond);
 	pthread_cond_destroy(&d->scan_done);
 	free(d->scope_tab);
@@ -313,6 +323,7 @@ void dedup_get_stats(struct dedup *d, struct dedup_stats *st)
 	table_bytes = stree_bytes(&d->stable) + stree_bytes(&d->unstable) +
 		      stree_bytes(&d->phys);
 	pthread_mutex_unlock(&d->c->map_lock);
+	table_bytes += persist_meta_bytes(d);
 	st->pages_shared = cs.pages_shared;
 	st->pages_sharing = cs.pages_sharing;
 	st->pages_unshared = cs.pages_unshared;

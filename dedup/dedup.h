@@ -4,8 +4,10 @@
  * Owns the fingerprints (XXH3-128), the stable tree (resident clean frames
  * keyed by fingerprint; content immutable while in it), the unstable tree
  * of the scanner, the zero frame, the physical-extent table of reflinked
- * pages and the scanner thread. Plugs into the cache through
- * struct cache_share_ops (frame.h), so the cache never includes this.
+ * pages, the SHA-256 digests of frames that pages may be mapped to
+ * without being read (warm restart, persist.c) and the scanner thread.
+ * Plugs into the cache through struct cache_share_ops (frame.h), so the
+ * cache never includes this.
  *
  * Invariants:
  *   - Two mappings share a frame only after memcmp() confirmed equal
@@ -14,10 +16,14 @@
  *     copy (COW break) or, if it is the only mapper, takes it out first.
  *   - A frame mapped by more than max_page_sharing mappers is not merged
  *     into further; an identical frame starts a new chain entry.
+ *   - A page is mapped without being read only to a stable frame whose
+ *     own SHA-256 equals the one stored for the page: never on XXH3
+ *     alone, which a crafted collision defeats.
  *
- * Locking: the stable, unstable and physical tables are protected by
- * cache->map_lock (see cache.h). The scanner takes a file's pidx_lock
- * before map_lock, like every other path.
+ * Locking: the stable, unstable and physical tables and the digests are
+ * protected by cache->map_lock (see cache.h). The scanner takes a file's
+ * pidx_lock before map_lock, like every other path; a digest pass takes
+ * its own digest_lock before map_lock.
  */
 #ifndef SAMEPAGE_DEDUP_H
 #define SAMEPAGE_DEDUP_H
@@ -58,10 +64,13 @@ struct dedup_stats {
 	uint64_t content_merges;
 	uint64_t reflink_merges;
 	uint64_t zero_pages;        /* mappings of the zero frame */
-	uint64_t hashes_computed;
+	uint64_t hashes_computed;   /* XXH3 fingerprints */
+	uint64_t digests_computed;  /* SHA-256 digests (persistence) */
 	uint64_t stable_chains;     /* extra frames made by max_page_sharing */
-	uint64_t metadata_bytes;    /* the trees (add the cache's own) */
-	uint64_t store_hits;        /* pages mapped by a stored fingerprint */
+	uint64_t metadata_bytes;    /* the trees and the digests (add the
+				     * cache's own) */
+	uint64_t store_hits;        /* pages mapped unread by a stored
+				     * fingerprint (its SHA-256 checked) */
 	uint64_t store_files;       /* the whole store, resident or not */
 	uint64_t store_pages;
 	uint64_t store_distinct;
@@ -83,6 +92,10 @@ int dedup_set_knob(struct dedup *d, const char *key, const char *value);
 /* Writes "key value\n" lines of all knobs into buf; returns the length or
  * -ERANGE if buf is too small. */
 int dedup_format_knobs(struct dedup *d, char *buf, size_t len);
+/* Record now the shared pages that still wait for the scanner to digest
+ * them (see persist.c). At unmount, before the files drop their pages: a
+ * page is recorded through its mapping. */
+void dedup_flush(struct dedup *d);
 /* A file lost its last name (through the mount): its stored records go. */
 void dedup_file_deleted(struct dedup *d, uint64_t dev, uint64_t ino);
 /* Drop the stored records of files that no longer exist: exists() says

@@ -36,8 +36,8 @@ struct dedup {
 	uint8_t *want_bits;                 /* map_lock: fid is in the ring */
 	uint32_t want_head, want_len;       /* map_lock */
 	uint32_t ncap;                      /* immutable: entries of the three */
-	unsigned char *digest_buf;          /* scanner thread (or destroy,
-					     * once it stopped) only */
+	pthread_mutex_t digest_lock;        /* one digest pass at a time */
+	unsigned char *digest_buf;          /* digest_lock */
 	_Atomic uint64_t digests_computed;
 	dev_t devs[DEDUP_MAX_DEVS];         /* map_lock: id - 1 -> device */
 	pthread_mutex_t scope_lock;         /* scope_tab, scope_next */
@@ -101,13 +101,15 @@ void persist_shared(struct dedup *d, struct cfile *f, uint64_t index,
  * check the record against both. No lock held, frame owned (IO). */
 void persist_fill_digest(struct dedup *d, struct frame *fr, const void *data,
 			 const struct fp *h);
-/* Give up to budget shared stable frames that wait for one a digest and
- * queue their mappers' records; no lock held. Scanner thread, or destroy
- * once the scanner stopped. Returns how many waited (0: none left). */
+/* Give up to budget stable frames that wait for one a digest and queue
+ * the records of the shared ones' mappers; no lock held (takes
+ * digest_lock, then map_lock). Returns how many waited (0: none). */
 unsigned persist_digest_work(struct dedup *d, unsigned budget);
 /* A single-mapper frame outside the stable tree, about to be scanned:
  * whatever digest it carries may be stale. map_lock held. */
 void persist_unstable(struct dedup *d, uint32_t fid);
+/* Memory of the digests and the want ring actually in use. */
+uint64_t persist_meta_bytes(struct dedup *d);
 void persist_changed(struct dedup *d, struct cfile *f, uint64_t first,
 		     uint64_t n);
 void persist_gone(struct dedup *d, struct cfile *f);

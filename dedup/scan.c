@@ -19,6 +19,9 @@
  * Smart scan: a candidate that found no partner is skipped for 1, 2, 4 ...
  * (at most 16) further passes, as KSM does.
  *
+ * The thread also takes the SHA-256 digests that persistence waits for
+ * (persist.c: shared stable frames to be recorded), before each batch.
+ *
  * Locking: map_lock for a batch step; a file's pidx_lock is only *tried*
  * under it (the normal order is pidx_lock before map_lock).
  */
@@ -72,6 +75,7 @@ static bool merge_unstable(struct dedup *d, struct cfile *f, uint64_t index,
 			     cache_frame_data(c, fid), PG) &&
 		     !(frame_flags(cf) & F_DIRTY);
 		if (ok) {
+			persist_unstable(d, cand);
 			dedup_make_stable(d, cand, scope);
 			ok = (frame_flags(cf) & F_STABLE) &&
 			     !dedup_remap(d, f, index, fid, cand);
@@ -112,6 +116,9 @@ static void scan_one(struct dedup *d, uint32_t fid)
 	if (fl & (F_DIRTY | F_IO | F_WB | F_STABLE) || fr->nmappers != 1 ||
 	    pidx_lookup(&f->pidx, index) != fid)
 		goto out_unlock;
+	/* Outside the stable tree it may have been written in place: a
+	 * digest it carries from its fill is not to be promoted with it. */
+	persist_unstable(d, fid);
 	fp_page(cache_frame_data(c, fid), &h);
 	atomic_fetch_add(&d->hashes_computed, 1);
 	if (!(fl & F_HASHED) || fr->fp[0] != h.lo || fr->fp[1] != h.hi) {
@@ -159,31 +166,51 @@ static bool scan_batch(struct dedup *d, unsigned pages)
 	return wrapped;
 }
 
+static void deadline_in(unsigned ms, struct timespec *ts)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+/*
+ * Each wake-up first gives the shared frames that wait for one their
+ * digest (persist.c), as many as a batch scans pages: the work of
+ * persistence, off the request path. With the scanner stopped (run 0) it
+ * still wakes every DIGEST_IDLE_MS for that alone.
+ */
+#define DIGEST_IDLE_MS 100
+
 static void *scan_main(void *arg)
 {
 	struct dedup *d = arg;
+	struct timespec ts;
 
 	pthread_setname_np(pthread_self(), "sp-scan");
 	pthread_mutex_lock(&d->scan_lock);
 	while (!d->stop) {
 		bool forced = atomic_load(&d->full_scans) < d->forced_until;
-		unsigned ms = atomic_load(&d->sleep_millisecs);
+		unsigned ms = atomic_load(&d->sleep_millisecs), pages;
 
 		if (!forced) {
 			if (!atomic_load(&d->run)) {
-				pthread_cond_wait(&d->scan_cond, &d->scan_lock);
+				deadline_in(DIGEST_IDLE_MS, &ts);
+				pthread_cond_timedwait(&d->scan_cond,
+						       &d->scan_lock, &ts);
+				if (d->stop)
+					break;
+				pthread_mutex_unlock(&d->scan_lock);
+				persist_digest_work(d, atomic_load(
+						    &d->pages_to_scan));
+				pthread_mutex_lock(&d->scan_lock);
 				continue;
 			}
 			if (ms) {
-				struct timespec ts;
-
-				clock_gettime(CLOCK_REALTIME, &ts);
-				ts.tv_sec += ms / 1000;
-				ts.tv_nsec += (long)(ms % 1000) * 1000000;
-				if (ts.tv_nsec >= 1000000000) {
-					ts.tv_sec++;
-					ts.tv_nsec -= 1000000000;
-				}
+				deadline_in(ms, &ts);
 				pthread_cond_timedwait(&d->scan_cond,
 						       &d->scan_lock, &ts);
 				if (d->stop)
@@ -194,8 +221,10 @@ static void *scan_main(void *arg)
 					continue;
 			}
 		}
+		pages = forced ? 4096 : atomic_load(&d->pages_to_scan);
 		pthread_mutex_unlock(&d->scan_lock);
-		scan_batch(d, forced ? 4096 : atomic_load(&d->pages_to_scan));
+		persist_digest_work(d, pages);
+		scan_batch(d, pages);
 		pthread_mutex_lock(&d->scan_lock);
 		pthread_cond_broadcast(&d->scan_done);
 	}

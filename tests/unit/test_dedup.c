@@ -6,6 +6,8 @@
 #include "testfs.h"
 #include "cache_i.h"
 #include "dedup.h"
+#include "fp.h"
+#include "store.h"
 
 #define PG 4096u
 
@@ -388,13 +390,199 @@ static void test_warm_restart_reads_one_copy(void)
 		CHECK(matches(f[i], 0, 256 * PG, 12, i == 5 ? model : NULL));
 	dedup_get_stats(e.d, &ds);
 	cache_get_stats(e.c, &cs);
+	if (getenv("TEST_VERBOSE"))
+		fprintf(stderr, "warm: read %llu pages, hashed %llu, "
+			"digests %llu, store hits %llu\n",
+			(unsigned long long)(cs.backing_read_bytes / PG),
+			(unsigned long long)ds.hashes_computed,
+			(unsigned long long)ds.digests_computed,
+			(unsigned long long)ds.store_hits);
 	/* one copy read, plus the changed file whose records were dropped */
 	CHECK(cs.backing_read_bytes <= 2 * 256 * PG);
 	CHECK(ds.store_hits >= 6 * 256);
-	CHECK(ds.hashes_computed <= 256 + 10);
+	/* What was read was hashed, what was mapped unread was not; only
+	 * pages with a record (warm0's) were digested. */
+	CHECK(ds.hashes_computed <= cs.backing_read_bytes / PG + 10);
+	CHECK(ds.digests_computed <= 256 + 10);
 	for (int i = 0; i < 8; i++)
 		cfile_put(f[i]);
 	free_env(&e);
+}
+
+static int64_t ts_ns(struct timespec ts)
+{
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/*
+ * Record in the store at state_dir what a previous mount would have: page
+ * i of name has the XXH3 of page i of content xxh_seed and the SHA-256 of
+ * page i of content sha_seed. With both seeds the file's own, that is the
+ * truth; with another XXH3 seed, a collision (crafted or not).
+ */
+static void record_pages(const char *name, unsigned npages, unsigned xxh_seed,
+			 unsigned sha_seed)
+{
+	unsigned char page[PG];
+	struct store_ident id;
+	struct store *s;
+	struct stat st;
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", testfs_dir, name);
+	REQUIRE(stat(path, &st) == 0);
+	id = (struct store_ident){ .dev = st.st_dev, .ino = st.st_ino,
+				   .size = (uint64_t)st.st_size,
+				   .mtime_ns = ts_ns(st.st_mtim),
+				   .ctime_ns = ts_ns(st.st_ctim) };
+	REQUIRE(store_open(state_dir, 0, false, &s) == 0);
+	for (unsigned i = 0; i < npages; i++) {
+		struct store_fp fp;
+		struct fp h;
+
+		testfs_fill(page, (uint64_t)i * PG, PG, xxh_seed);
+		fp_page(page, &h);
+		testfs_fill(page, (uint64_t)i * PG, PG, sha_seed);
+		REQUIRE(fp_digest(page, fp.sha256) == 0);
+		fp.lo = h.lo;
+		fp.hi = h.hi;
+		REQUIRE(store_put_page(s, &id, i, &fp) == 0);
+	}
+	REQUIRE(store_sync(s) == 0);
+	store_close(s);
+}
+
+#define NCOLL 64u
+
+/*
+ * cx (content 22) was shared in an earlier mount and recorded truly. cv
+ * (content 21) has a record whose XXH3 is cx's page but whose SHA-256 is
+ * its own: what an XXH3 collision crafted against cv looks like. Once cx
+ * is resident, cv must still be read, never mapped to cx's frames.
+ */
+static void test_stored_xxh3_match_other_sha256_is_read(void)
+{
+	struct env e;
+	struct cfile *x, *v;
+	struct dedup_stats ds;
+	struct cache_stats cs;
+
+	snprintf(state_dir, sizeof(state_dir), "%s/state-collide", testfs_dir);
+	testfs_make("cx", NCOLL * PG, 22);
+	testfs_make("cv", NCOLL * PG, 21);
+	record_pages("cx", NCOLL, 22, 22);
+	record_pages("cv", NCOLL, 22, 21);
+
+	e = new_env(64 << 20, tune_state);
+	x = open_file(e.c, "cx");
+	v = open_file(e.c, "cv");
+	CHECK(matches(x, 0, NCOLL * PG, 22, NULL));
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.digests_computed, NCOLL);   /* cx's fills, records true */
+	CHECK(matches(v, 0, NCOLL * PG, 21, NULL));
+	dedup_get_stats(e.d, &ds);
+	cache_get_stats(e.c, &cs);
+	CHECK_EQ(ds.store_hits, 0);
+	CHECK_EQ(cs.backing_read_bytes, 2 * NCOLL * PG);
+	CHECK_EQ(ds.pages_sharing, 0);
+	cfile_put(x);
+	cfile_put(v);
+	free_env(&e);
+}
+
+/* The same with a true record: cy, a copy of cx, is mapped to cx's
+ * frames without backing I/O and without hashing. */
+static void test_stored_sha256_match_maps_unread(void)
+{
+	struct env e;
+	struct cfile *x, *y;
+	struct dedup_stats ds, before;
+	struct cache_stats cs;
+
+	snprintf(state_dir, sizeof(state_dir), "%s/state-match", testfs_dir);
+	testfs_make("mx", NCOLL * PG, 22);
+	testfs_make("my", NCOLL * PG, 22);
+	record_pages("mx", NCOLL, 22, 22);
+	record_pages("my", NCOLL, 22, 22);
+
+	e = new_env(64 << 20, tune_state);
+	x = open_file(e.c, "mx");
+	y = open_file(e.c, "my");
+	CHECK(matches(x, 0, NCOLL * PG, 22, NULL));
+	dedup_get_stats(e.d, &before);
+	CHECK(matches(y, 0, NCOLL * PG, 22, NULL));
+	dedup_get_stats(e.d, &ds);
+	cache_get_stats(e.c, &cs);
+	CHECK_EQ(ds.store_hits, NCOLL);
+	CHECK_EQ(cs.backing_read_bytes, NCOLL * PG);
+	CHECK_EQ(ds.hashes_computed, before.hashes_computed);
+	CHECK_EQ(ds.digests_computed, before.digests_computed);
+	CHECK_EQ(ds.pages_sharing, NCOLL);
+	cfile_put(x);
+	cfile_put(y);
+	free_env(&e);
+}
+
+/*
+ * A record that is not what the file holds (a store that lies) is not
+ * copied into the frame: the fill hashes what it read, so a copy without
+ * a record still merges with it, and the wrong record is replaced by the
+ * true one when the page is shared.
+ */
+static void test_fill_hashes_content_not_the_record(void)
+{
+	struct env e;
+	struct cfile *a, *b;
+	struct dedup_stats ds;
+	struct store_ident id;
+	struct store_fp fps[NCOLL];
+	bool present[NCOLL];
+	unsigned char page[PG];
+	struct store *s;
+	struct stat st;
+	char path[512];
+	uint64_t fid;
+	unsigned right = 0;
+
+	snprintf(state_dir, sizeof(state_dir), "%s/state-lie", testfs_dir);
+	testfs_make("la", NCOLL * PG, 23);
+	testfs_make("lb", NCOLL * PG, 23);
+	record_pages("la", NCOLL, 99, 99);
+
+	e = new_env(64 << 20, tune_state);
+	a = open_file(e.c, "la");
+	b = open_file(e.c, "lb");
+	CHECK(matches(a, 0, NCOLL * PG, 23, NULL));
+	CHECK(matches(b, 0, NCOLL * PG, 23, NULL));
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.pages_sharing, NCOLL);
+	CHECK_EQ(ds.hashes_computed, 2 * NCOLL);
+	CHECK_EQ(ds.store_hits, 0);
+	cfile_put(a);
+	cfile_put(b);
+	free_env(&e);       /* the shared pages are recorded by now */
+
+	snprintf(path, sizeof(path), "%s/la", testfs_dir);
+	REQUIRE(stat(path, &st) == 0);
+	id = (struct store_ident){ .dev = st.st_dev, .ino = st.st_ino,
+				   .size = (uint64_t)st.st_size,
+				   .mtime_ns = ts_ns(st.st_mtim),
+				   .ctime_ns = ts_ns(st.st_ctim) };
+	REQUIRE(store_open(state_dir, 0, false, &s) == 0);
+	REQUIRE(store_file_match(s, &id, &fid) == 0);
+	REQUIRE(store_get_fps(s, fid, 0, NCOLL, fps, present) == 0);
+	for (unsigned i = 0; i < NCOLL; i++) {
+		uint8_t dg[FP_DIGEST_LEN];
+		struct fp h;
+
+		testfs_fill(page, (uint64_t)i * PG, PG, 23);
+		fp_page(page, &h);
+		REQUIRE(fp_digest(page, dg) == 0);
+		right += present[i] && fps[i].lo == h.lo && fps[i].hi == h.hi &&
+			 !memcmp(fps[i].sha256, dg, sizeof(dg));
+	}
+	CHECK_EQ(right, NCOLL);
+	store_close(s);
 }
 
 int main(void)
@@ -410,5 +598,8 @@ int main(void)
 	RUN(test_uid_scope_never_shares_across_owners);
 	RUN(test_eviction_of_shared_frames);
 	RUN(test_warm_restart_reads_one_copy);
+	RUN(test_stored_xxh3_match_other_sha256_is_read);
+	RUN(test_stored_sha256_match_maps_unread);
+	RUN(test_fill_hashes_content_not_the_record);
 	return CHECK_DONE();
 }
