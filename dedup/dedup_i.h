@@ -93,7 +93,8 @@ void persist_close(struct dedup *d);
 uint32_t persist_lookup(struct dedup *d, struct cfile *f, uint64_t index);
 void persist_note(struct dedup *d, struct cfile *f, uint64_t index,
 		  uint32_t fid);
-/* (f, index) now maps target, shared; map_lock held. */
+/* (f, index) now maps target, shared; map_lock held, and f's pidx_lock
+ * (write), under which f's identity is read. */
 void persist_shared(struct dedup *d, struct cfile *f, uint64_t index,
 		    uint32_t target);
 /* A fill read data into fr, whose XXH3 is h (not yet in fr->fp): if

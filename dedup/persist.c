@@ -294,6 +294,9 @@ static void queue_own_page(struct dedup *d, uint32_t fid, struct cfile *f,
 	struct frame *fr = cache_frame(d->c, fid);
 	struct store_ident id;
 
+	/* A record carries only a digest taken from stable content. */
+	CACHE_BUG_ON((frame_flags(fr) & (F_STABLE | F_DIGEST)) !=
+		     (F_STABLE | F_DIGEST));
 	to_store_ident(&f->ident, &id);
 	queue_page(d, &id, index, fr->fp[0], fr->fp[1], d->digest[fid]);
 }
@@ -330,6 +333,8 @@ static bool queue_mappers(struct dedup *d, uint32_t fid)
 
 	if (fr->nmappers < 2 || (frame_flags(fr) & F_PERSISTED))
 		return true;
+	CACHE_BUG_ON((frame_flags(fr) & (F_STABLE | F_DIGEST)) !=
+		     (F_STABLE | F_DIGEST));
 	for (uint32_t i = 0; i < fr->m.rmap->n; i++) {
 		struct mapping *m = &fr->m.rmap->m[i];
 
