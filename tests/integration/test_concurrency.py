@@ -295,12 +295,36 @@ class Worker:
         off = self.rng.randrange(FILE_SIZE // PAGE) * PAGE
         n = self.rng.choice([PAGE, 64 * KiB])
         self.note(f'pread t{t} {off}+{n} (nobody writes it)')
+        self.check_template(t, off, n)
+
+    def check_template(self, t, off, n):
         got = pread_all(self.tfds[t], n, off)
         want = self.templates[t][off:off + n]
         if got != want:
             raise Divergence(describe_diff(
                 f'template t{t} changed (a write leaked into a shared page)',
                 off, want, got))
+
+    def op_share_then_poke(self):
+        """A page equal to a template page, clean, read through the
+        template (they may share a frame now), then one byte of it
+        written: the template must not see that byte."""
+        r = self.rng
+        name = r.choice(self.names)
+        fd, obj = self.fd_for(name)
+        t = r.randrange(NTEMPLATES)
+        src = r.randrange(FILE_SIZE // PAGE) * PAGE
+        dst = r.randrange(MAX_SIZE // PAGE) * PAGE
+        page = self.templates[t][src:src + PAGE]
+        at = r.randrange(PAGE)
+        self.note(f'pwrite {name} {dst}+{PAGE} (t{t} at {src}), '
+                  f'fdatasync, pread t{t} {src}+{PAGE}, pwrite {name} '
+                  f'{dst + at}+1, pread t{t} {src}+{PAGE}')
+        self.do_write(name, fd, obj, dst, page)
+        os.fdatasync(fd)
+        self.check_template(t, src, PAGE)
+        self.do_write(name, fd, obj, dst + at, bytes([page[at] ^ 0xff]))
+        self.check_template(t, src, PAGE)
 
     def op_verify(self):
         ex = self.existing()
@@ -429,7 +453,8 @@ class Worker:
         self.check_range(name, fd, obj, off, 64 * KiB, 'pread after reopen')
 
     OPS = [('op_write', 18), ('op_write_template', 10), ('op_write_zero', 3),
-           ('op_read', 18), ('op_read_template', 4), ('op_verify', 4),
+           ('op_read', 18), ('op_read_template', 4),
+           ('op_share_then_poke', 4), ('op_verify', 4),
            ('op_truncate', 5), ('op_punch', 5), ('op_copy_range', 8),
            ('op_rename', 4), ('op_fsync', 4), ('op_reopen', 5)]
 
