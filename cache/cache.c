@@ -5,6 +5,7 @@
 #include "pressure.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -403,29 +404,61 @@ void cache_get_histogram(struct cache *c, struct cache_histogram *h)
 	*h = cs.h;
 }
 
-static uint64_t files_meta_bytes(struct cache *c)
+/* The daemon's anonymous memory as the kernel counts it (Pss_Anon of
+ * /proc/self/smaps_rollup), or 0 if it cannot be read. */
+static uint64_t anon_bytes(void)
 {
-	uint64_t bytes = 0;
+	char line[128];
+	unsigned long long kb = 0;
+	FILE *f = fopen("/proc/self/smaps_rollup", "re");
 
-	pthread_mutex_lock(&c->files_lock);
-	for (struct cfile *f = c->files_head.all_next; f != &c->files_head;
-	     f = f->all_next)
-		bytes += sizeof(*f) + f->pidx.bytes; /* racy read: a gauge */
-	pthread_mutex_unlock(&c->files_lock);
-	return bytes;
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Pss_Anon: %llu kB", &kb) == 1)
+			break;
+	fclose(f);
+	return (uint64_t)kb << 10;
+}
+
+/*
+ * All the daemon's own memory beyond its frames, measured rather than
+ * summed up from the structures we know of (page indexes, rmaps, dedup
+ * tables and digests, extent maps, persist windows, inodes, store
+ * bookkeeping, libfuse's buffers, thread stacks, heap slack: all of it):
+ * its anonymous memory less the memory of its frames, in use or free.
+ * Without smaps_rollup, what malloc holds and the frame table.
+ */
+static uint64_t meta_bytes(struct cache *c, uint64_t frame_bytes,
+			   uint32_t high)
+{
+	uint64_t anon = anon_bytes();
+	struct mallinfo2 mi;
+
+	if (anon)
+		return anon > frame_bytes ? anon - frame_bytes : 0;
+	mi = mallinfo2();
+	return mi.arena + mi.hblkhd + (uint64_t)high * sizeof(struct frame) +
+	       (uint64_t)atomic_load(&c->meta_mapped);
+}
+
+void cache_meta_add(struct cache *c, int64_t bytes)
+{
+	atomic_fetch_add(&c->meta_mapped, bytes);
 }
 
 void cache_get_stats(struct cache *c, struct cache_stats *st)
 {
 	struct cstat_atomic *a = &c->st;
 	struct frame_census cs;
+	uint32_t high;
 
 	memset(st, 0, sizeof(*st));
 	pthread_mutex_lock(&c->map_lock);
 	st->cache_bytes = (uint64_t)(c->ft.used - 1) << CACHE_PAGE_SHIFT;
 	st->cache_limit_bytes = c->cfg.size_bytes;
-	st->metadata_bytes = (uint64_t)c->ft.high * sizeof(struct frame) +
-			     c->ft.rmap_bytes;
+	high = c->ft.high;
+	st->free_frame_bytes = (uint64_t)c->ft.free_touched << CACHE_PAGE_SHIFT;
 	st->pages_shared = c->ft.nr_shared;
 	st->pages_sharing = c->ft.nr_sharing;
 	st->zero_maps = c->ft.nr_zero_maps;
@@ -434,7 +467,8 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	pthread_mutex_unlock(&c->map_lock);
 	st->pages_unshared = cs.unshared;
 	st->pages_volatile = cs.volatile_;
-	st->metadata_bytes += files_meta_bytes(c);
+	st->metadata_bytes = meta_bytes(c, st->cache_bytes +
+					   st->free_frame_bytes, high);
 	st->frames_dirty = atomic_load(&c->nr_dirty);
 	st->files_cached = c->nr_files;
 	st->hits = atomic_load(&a->hits);

@@ -77,7 +77,12 @@ struct cache_config {
 struct cache_stats {
 	uint64_t cache_bytes;          /* (g) resident frame bytes */
 	uint64_t cache_limit_bytes;    /* (g) budget */
-	uint64_t metadata_bytes;       /* (g) frame table + page indexes + rmap */
+	uint64_t metadata_bytes;       /* (g) all the daemon's anonymous
+					* memory beyond its frames, measured
+					* (Pss_Anon less cache_bytes and
+					* free_frame_bytes) */
+	uint64_t free_frame_bytes;     /* (g) free frames whose memory the
+					* kernel was not given back */
 	uint64_t frames_dirty;         /* (g) */
 	uint64_t files_cached;         /* (g) */
 	uint64_t hits;                 /* pages served from a resident frame */

@@ -124,7 +124,7 @@ struct cache {
 	pthread_cond_t detach_done;         /* files_lock: a put finished */
 	_Atomic bool closing;               /* cache_destroy: keep nothing */
 	struct pressure *pressure;          /* pressure.c; NULL if none */
-	int64_t meta_fixed;                 /* frame table bytes */
+	_Atomic int64_t meta_mapped;        /* metadata others map themselves */
 };
 
 static inline void *cache_frame_data(struct cache *c, uint32_t fid)
@@ -151,6 +151,9 @@ uint32_t cache_frame_alloc(struct cache *c, bool wait);
  * that keeps dirty frames from being freed, else -ENOMEM. */
 int cache_alloc_errno(struct cache *c);
 void cache_frame_release(struct cache *c, uint32_t fid);
+/* Memory a module maps itself for metadata (not through malloc): counted
+ * in metadata_bytes where smaps_rollup cannot be read. */
+void cache_meta_add(struct cache *c, int64_t bytes);
 /* Evict up to n clean frames; map_lock held. Returns how many. */
 unsigned cache_evict_locked(struct cache *c, unsigned n);
 

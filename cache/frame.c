@@ -62,6 +62,8 @@ uint32_t frame_alloc_locked(struct frame_table *t)
 		fid = (uint32_t)t->free_head;
 		fr = &t->frames[fid];
 		t->free_head = fr->m.next_free;
+		if (!(atomic_load(&fr->flags) & F_DISCARDED))
+			t->free_touched--;
 	} else if (t->high < t->capacity) {
 		fid = t->high++;
 		fr = &t->frames[fid];
@@ -82,6 +84,7 @@ void frame_free_locked(struct frame_table *t, uint32_t fid)
 	if (fr->nmappers > 1)
 		free(fr->m.rmap);
 	atomic_store(&fr->flags, F_FREE);
+	t->free_touched++;
 	atomic_store(&fr->pins, 0);
 	fr->nmappers = 0;
 	fr->m.next_free = t->free_head;
@@ -94,8 +97,15 @@ void frame_discard_free_locked(struct frame_table *t, unsigned n)
 	uint64_t fid = t->free_head;
 
 	while (n-- && fid != FREE_END) {
-		madvise(t->arena + (fid << 12), 1u << 12, MADV_DONTNEED);
-		fid = t->frames[fid].m.next_free;
+		struct frame *fr = &t->frames[fid];
+
+		if (!(atomic_load(&fr->flags) & F_DISCARDED)) {
+			madvise(t->arena + (fid << 12), 1u << 12,
+				MADV_DONTNEED);
+			atomic_fetch_or(&fr->flags, F_DISCARDED);
+			t->free_touched--;
+		}
+		fid = fr->m.next_free;
 	}
 }
 

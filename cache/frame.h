@@ -47,7 +47,7 @@ struct cfile;
 #define FID_FIRST 2u
 
 enum {
-	F_FREE = 1u << 0,
+	F_FREE = 1u << 0,          /* with F_DISCARDED: its memory given back */
 	F_IO = 1u << 1,
 	F_UPTODATE = 1u << 2,
 	F_DIRTY = 1u << 3,
@@ -68,6 +68,7 @@ enum {
 	 * the clock changes them, under map_lock). */
 	F_CREDIT_SHIFT = 17,
 	F_CREDIT = 3u << 17,
+	F_DISCARDED = 1u << 19,
 };
 
 struct mapping {
@@ -138,6 +139,7 @@ struct frame_table {
 				     * atomically, read without it too) */
 	uint32_t used;              /* allocated, incl. zero frame (map_lock) */
 	uint32_t high;              /* ids >= high never used (map_lock) */
+	uint32_t free_touched;      /* free frames holding memory (map_lock) */
 	uint64_t free_head;         /* map_lock */
 	uint32_t clock_hand;        /* map_lock */
 	/* gauges under map_lock */
