@@ -103,7 +103,10 @@ static void scan_one(struct dedup *d, uint32_t fid)
 	if (fl & (F_FREE | F_ZERO | F_IO | F_DIRTY | F_WB | F_STABLE) ||
 	    !(fl & F_UPTODATE) || fr->nmappers != 1)
 		return;
-	if (fr->scan_skip && atomic_load(&d->smart_scan)) {
+	/* A page written since it last failed to merge is looked at
+	 * again at once: its content is new. */
+	if (fr->scan_skip && !(fl & F_VOLATILE) &&
+	    atomic_load(&d->smart_scan)) {
 		fr->scan_skip--;
 		return;
 	}
@@ -129,6 +132,7 @@ static void scan_one(struct dedup *d, uint32_t fid)
 		}
 		fr->fp[0] = h.lo;
 		fr->fp[1] = h.hi;
+		fr->scan_skip = fr->scan_fails = 0;
 		frame_set(fr, F_HASHED);
 		goto out_unlock;
 	}

@@ -15,6 +15,8 @@
 #include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -25,7 +27,7 @@ struct seen {
 };
 
 static struct seen *walk_seen; /* nftw has no user argument */
-static volatile sig_atomic_t walk_stop;
+static _Atomic bool walk_stop; /* set by prune_stop, read by the walk */
 
 static uint64_t seen_key(uint64_t dev, uint64_t ino)
 {
@@ -70,7 +72,7 @@ static int walk_one(const char *path, const struct stat *st, int type,
 		    struct FTW *ftw)
 {
 	(void)path, (void)ftw;
-	if (walk_stop)
+	if (atomic_load(&walk_stop))
 		return FTW_STOP;
 	if (type == FTW_F && S_ISREG(st->st_mode))
 		return seen_add(walk_seen, seen_key(st->st_dev, st->st_ino))
@@ -109,7 +111,7 @@ static void *prune_main(void *p)
 	walk_seen = &s;
 	ret = nftw(a->root, walk_one, 16,
 		   FTW_PHYS | FTW_MOUNT | FTW_ACTIONRETVAL);
-	if (walk_stop)
+	if (atomic_load(&walk_stop))
 		ret = 0; /* unmounting: a partial walk must not prune */
 	else if (ret == 0)
 		ret = dedup_prune_missing(a->d, exists, &s);
@@ -147,6 +149,6 @@ int prune_start(struct dedup *d, const char *backing, pthread_t *out)
 
 void prune_stop(pthread_t t)
 {
-	walk_stop = 1;
+	atomic_store(&walk_stop, true);
 	pthread_join(t, NULL);
 }

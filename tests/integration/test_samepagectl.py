@@ -40,6 +40,7 @@ GAUGES = {
     'cache_bytes', 'cache_limit_bytes', 'metadata_bytes', 'pages_shared',
     'pages_sharing', 'pages_unshared', 'pages_volatile', 'zero_pages',
     'frames_dirty', 'files_cached', 'general_profit', 'stable_chains',
+    'files_kept', 'uring_fallbacks', 'free_frame_bytes',
 }
 KNOBS = {'run', 'pages_to_scan', 'sleep_millisecs', 'max_page_sharing',
          'use_zero_pages', 'smart_scan', 'cache_size'}
