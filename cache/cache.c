@@ -169,7 +169,7 @@ void cache_unmap_page(struct cache *c, struct cfile *f, uint64_t index,
 static bool evict_one(struct cache *c, uint32_t fid)
 {
 	struct frame *fr = cache_frame(c, fid);
-	struct mapping m[EVICT_MAX_MAPPERS];
+	struct mapper m[EVICT_MAX_MAPPERS];
 	struct cfile *locked[EVICT_MAX_MAPPERS];
 	unsigned n, nlocked = 0;
 	bool ok = false;
@@ -470,7 +470,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	st->metadata_bytes = meta_bytes(c, st->cache_bytes +
 					   st->free_frame_bytes, high);
 	st->frames_dirty = atomic_load(&c->nr_dirty);
-	st->files_cached = c->nr_files;
+
 	st->hits = atomic_load(&a->hits);
 	st->misses = atomic_load(&a->misses);
 	st->evictions = atomic_load(&a->evictions);
@@ -486,6 +486,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	st->uring_fallbacks = bio_ring_fallbacks();
 	st->pressure_bytes = atomic_load(&a->pressure_bytes);
 	pthread_mutex_lock(&c->files_lock);
+	st->files_cached = c->nr_files;
 	st->files_kept = c->nr_detached;
 	st->file_reattaches = c->reattaches;
 	pthread_mutex_unlock(&c->files_lock);

@@ -59,6 +59,7 @@ struct cfile {
 	_Atomic int refs;                   /* 0 -> 1 only under files_lock */
 	enum cfile_state state;             /* files_lock */
 	bool keyed;                         /* files_lock: in cache->by_key */
+	uint32_t map_number;                /* immutable: in frame mappings */
 	dev_t key_dev;                      /* immutable: the backing inode */
 	ino_t key_ino;
 	struct cfile *lru_next, *lru_prev;  /* files_lock: kept, oldest first */

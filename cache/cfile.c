@@ -228,6 +228,13 @@ static int cfile_new(struct cache *c, int path_fd, struct cfile **out)
 		goto out_close;
 	f->key_dev = f->ident.dev;
 	f->key_ino = f->ident.ino;
+	pthread_mutex_lock(&c->map_lock);
+	f->map_number = frame_file_number(&c->ft, f);
+	pthread_mutex_unlock(&c->map_lock);
+	if (!f->map_number) {
+		ret = -ENFILE; /* MAP_FILES_MAX files cached at once */
+		goto out_close;
+	}
 	pthread_rwlock_init(&f->inval_lock, NULL);
 	pthread_rwlock_init(&f->pidx_lock, NULL);
 	pthread_mutex_init(&f->write_lock, NULL);
@@ -247,6 +254,9 @@ out_free:
 
 static void cfile_free(struct cfile *f)
 {
+	pthread_mutex_lock(&f->cache->map_lock);
+	frame_file_release(&f->cache->ft, f->map_number);
+	pthread_mutex_unlock(&f->cache->map_lock);
 	pidx_destroy(&f->pidx);
 	pthread_rwlock_destroy(&f->inval_lock);
 	pthread_rwlock_destroy(&f->pidx_lock);
@@ -615,9 +625,13 @@ int cfile_share_report(struct cfile *f, cfile_sharer_cb cb, void *arg,
 				out->shared_pages++;
 				if (fl & F_PHYS)
 					out->reflink_pages++;
-				for (uint32_t k = 0; cb && k < r->n; k++)
-					if (r->m[k].file != f)
-						cb(arg, r->m[k].file, 1);
+				for (uint32_t k = 0; cb && k < r->n; k++) {
+					struct mapper o =
+						frame_mapper(&c->ft, r->m[k]);
+
+					if (o.file != f)
+						cb(arg, o.file, 1);
+				}
 			}
 		}
 		pthread_mutex_unlock(&c->map_lock);

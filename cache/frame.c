@@ -1,5 +1,6 @@
 /* frame: frame table, states, per-frame waiting, mappers; see frame.h. */
 #include "frame.h"
+#include "cache_i.h" /* a file's number in mappings */
 
 #include <errno.h>
 #include <linux/futex.h>
@@ -11,6 +12,30 @@
 #include <unistd.h>
 
 #define FREE_END UINT64_MAX
+#define FILES_BYTES ((size_t)MAP_FILES_MAX * sizeof(uintptr_t))
+
+uint32_t frame_file_number(struct frame_table *t, struct cfile *f)
+{
+	uint32_t n = t->files_free;
+
+	if (n) {
+		t->files_free = (uint32_t)(t->files[n] >> 1);
+	} else if (t->files_high < MAP_FILES_MAX) {
+		n = t->files_high++;
+	} else {
+		return 0;
+	}
+	t->files[n] = (uintptr_t)f;
+	return n;
+}
+
+void frame_file_release(struct frame_table *t, uint32_t n)
+{
+	if (!n)
+		return;
+	t->files[n] = (uintptr_t)t->files_free << 1 | 1;
+	t->files_free = n;
+}
 
 int frame_table_init(struct frame_table *t, uint32_t limit, uint32_t capacity)
 {
@@ -31,6 +56,15 @@ int frame_table_init(struct frame_table *t, uint32_t limit, uint32_t capacity)
 		munmap(t->arena, data_bytes);
 		return -ENOMEM;
 	}
+	/* Touched as numbers are given: a page per 512 files. */
+	t->files = mmap(NULL, FILES_BYTES, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (t->files == MAP_FAILED) {
+		munmap(t->frames, meta_bytes);
+		munmap(t->arena, data_bytes);
+		return -ENOMEM;
+	}
+	t->files_high = 1; /* 0: no file */
 	t->capacity = capacity;
 	t->limit = limit;
 	t->free_head = FREE_END;
@@ -48,6 +82,8 @@ void frame_table_fini(struct frame_table *t)
 		munmap(t->arena, (size_t)t->capacity << 12);
 	if (t->frames)
 		munmap(t->frames, (size_t)t->capacity * sizeof(struct frame));
+	if (t->files)
+		munmap(t->files, FILES_BYTES);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -86,7 +122,7 @@ void frame_free_locked(struct frame_table *t, uint32_t fid)
 	atomic_store(&fr->flags, F_FREE);
 	t->free_touched++;
 	atomic_store(&fr->pins, 0);
-	fr->nmappers = 0;
+	__atomic_store_n(&fr->nmappers, 0, __ATOMIC_RELAXED);
 	fr->m.next_free = t->free_head;
 	t->free_head = fid;
 	t->used--;
@@ -147,20 +183,27 @@ static size_t rmap_size(uint32_t cap)
 	return sizeof(struct rmap) + cap * sizeof(struct mapping);
 }
 
+static struct mapping mapping_of(const struct cfile *f, uint64_t index)
+{
+	return (struct mapping){ (uint64_t)f->map_number << MAP_INDEX_BITS |
+				 index };
+}
+
 int frame_add_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 		     uint64_t index)
 {
 	struct frame *fr = &t->frames[fid];
 	struct rmap *r;
 
+	if (index > MAP_INDEX_MAX)
+		return -EFBIG;
 	if (fid == FID_ZERO) {
 		t->nr_zero_maps++;
 		return 0;
 	}
 	switch (fr->nmappers) {
 	case 0:
-		fr->m.owner.file = f;
-		fr->m.owner.index = index;
+		fr->m.owner = mapping_of(f, index);
 		frame_clear(fr, F_ORPHAN);
 		break;
 	case 1:
@@ -170,7 +213,7 @@ int frame_add_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 		r->n = 2;
 		r->cap = 4;
 		r->m[0] = fr->m.owner;
-		r->m[1] = (struct mapping){ f, index };
+		r->m[1] = mapping_of(f, index);
 		fr->m.rmap = r;
 		t->rmap_bytes += rmap_size(4);
 		t->nr_shared++;
@@ -189,11 +232,12 @@ int frame_add_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 			r = nr;
 			fr->m.rmap = r;
 		}
-		r->m[r->n++] = (struct mapping){ f, index };
+		r->m[r->n++] = mapping_of(f, index);
 		t->nr_sharing++;
 		break;
 	}
-	fr->nmappers++;
+	/* read without map_lock as a hint (rw.c needs_frame) */
+	__atomic_store_n(&fr->nmappers, fr->nmappers + 1, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -201,6 +245,7 @@ bool frame_del_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 		      uint64_t index)
 {
 	struct frame *fr = &t->frames[fid];
+	struct mapping m = mapping_of(f, index);
 	struct rmap *r;
 
 	if (fid == FID_ZERO) {
@@ -210,21 +255,21 @@ bool frame_del_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 	if (fr->nmappers == 0)
 		abort();
 	if (fr->nmappers == 1) {
-		if (fr->m.owner.file != f || fr->m.owner.index != index)
+		if (fr->m.owner.v != m.v)
 			abort();
-		fr->nmappers = 0;
-		fr->m.owner.file = NULL;
+		__atomic_store_n(&fr->nmappers, 0, __ATOMIC_RELAXED);
+		fr->m.owner.v = 0;
 		frame_set(fr, F_ORPHAN);
 		return true;
 	}
 	r = fr->m.rmap;
 	for (uint32_t i = 0; i < r->n; i++) {
-		if (r->m[i].file == f && r->m[i].index == index) {
+		if (r->m[i].v == m.v) {
 			r->m[i] = r->m[--r->n];
 			break;
 		}
 	}
-	fr->nmappers--;
+	__atomic_store_n(&fr->nmappers, fr->nmappers - 1, __ATOMIC_RELAXED);
 	t->nr_sharing--;
 	if (fr->nmappers == 1) {
 		struct mapping last = r->m[0];
@@ -238,17 +283,17 @@ bool frame_del_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 }
 
 unsigned frame_mappers(struct frame_table *t, uint32_t fid,
-		       struct mapping *out, unsigned max)
+		       struct mapper *out, unsigned max)
 {
 	struct frame *fr = &t->frames[fid];
 	unsigned n = 0;
 
 	if (fr->nmappers == 1 && max) {
-		out[0] = fr->m.owner;
+		out[0] = frame_owner(t, fr);
 		n = 1;
 	} else if (fr->nmappers > 1) {
 		for (uint32_t i = 0; i < fr->m.rmap->n && n < max; i++)
-			out[n++] = fr->m.rmap->m[i];
+			out[n++] = frame_mapper(t, fr->m.rmap->m[i]);
 	}
 	return n;
 }

@@ -5,9 +5,10 @@
  * touched only when it is first used) and the array of struct frame. Frame
  * ids are indexes; 0 means none, FID_ZERO is the permanent zero frame.
  *
- * Per-frame metadata is kept small (56 bytes, 1.4% of a page): the common
- * frame with one mapper holds its owner (file, page) inline; a list is
- * allocated only when it is shared (struct rmap).
+ * Per-frame metadata is kept small (48 bytes, 1.2% of a page): the common
+ * frame with one mapper holds its owner (file, page) inline in 8 bytes; a
+ * list of 8-byte mappings is allocated only when it is shared (struct
+ * rmap).
  *
  * States (flags, atomic, also the futex word for per-frame waiting):
  *   FREE      on the free list.
@@ -71,7 +72,21 @@ enum {
 	F_DISCARDED = 1u << 19,
 };
 
+/*
+ * A mapping (file, page index) is stored in 8 bytes: the file's number in
+ * the frame table's file table (MAP_FILE_BITS) and the page index (the
+ * rest: files up to 4 PiB). struct mapper is its unpacked view.
+ */
+#define MAP_FILE_BITS 24
+#define MAP_INDEX_BITS (64 - MAP_FILE_BITS)
+#define MAP_INDEX_MAX ((1ull << MAP_INDEX_BITS) - 1)
+#define MAP_FILES_MAX (1u << MAP_FILE_BITS)
+
 struct mapping {
+	uint64_t v;                 /* file number << MAP_INDEX_BITS | index */
+};
+
+struct mapper {
 	struct cfile *file;
 	uint64_t index;
 };
@@ -142,6 +157,12 @@ struct frame_table {
 	uint32_t free_touched;      /* free frames holding memory (map_lock) */
 	uint64_t free_head;         /* map_lock */
 	uint32_t clock_hand;        /* map_lock */
+	/* file number -> file, for mappings (map_lock; a number is given
+	 * before the file maps anything and taken back after it maps
+	 * nothing). A free slot holds the next free number << 1 | 1. */
+	uintptr_t *files;
+	uint32_t files_high;        /* numbers >= this never given */
+	uint32_t files_free;        /* first free number below it, or 0 */
 	/* gauges under map_lock */
 	uint64_t nr_shared, nr_sharing, nr_zero_maps, rmap_bytes;
 };
@@ -155,6 +176,21 @@ static inline struct frame *frame_of(const struct frame_table *t,
 				     uint32_t fid)
 {
 	return &t->frames[fid];
+}
+
+static inline struct mapper frame_mapper(const struct frame_table *t,
+					 struct mapping m)
+{
+	return (struct mapper){
+		(struct cfile *)t->files[m.v >> MAP_INDEX_BITS],
+		m.v & MAP_INDEX_MAX };
+}
+
+/* The only mapper of a frame with nmappers == 1; map_lock held. */
+static inline struct mapper frame_owner(const struct frame_table *t,
+					const struct frame *fr)
+{
+	return frame_mapper(t, fr->m.owner);
 }
 
 static inline uint32_t frame_flags(struct frame *fr)
@@ -195,7 +231,13 @@ void frame_wait_io(struct frame *fr);
 /* End a fill: clear IO, set UPTODATE or ERROR, wake waiters. */
 void frame_end_io(struct frame *fr, bool ok);
 
-/* Mapper bookkeeping; map_lock held. Adding may allocate (-ENOMEM). */
+/* A number for file f in mappings, or 0 when all MAP_FILES_MAX are
+ * taken; map_lock held. Taken back once f maps nothing. */
+uint32_t frame_file_number(struct frame_table *t, struct cfile *f);
+void frame_file_release(struct frame_table *t, uint32_t number);
+
+/* Mapper bookkeeping; map_lock held. Adding may allocate (-ENOMEM), and
+ * refuses a page index past MAP_INDEX_MAX (-EFBIG). */
 int frame_add_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 		     uint64_t index);
 /* Returns true if the frame lost its last mapper (it is then ORPHAN and,
@@ -204,6 +246,6 @@ bool frame_del_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 		      uint64_t index);
 /* Visit each mapper; map_lock held. */
 unsigned frame_mappers(struct frame_table *t, uint32_t fid,
-		       struct mapping *out, unsigned max);
+		       struct mapper *out, unsigned max);
 
 #endif

@@ -461,8 +461,10 @@ static uint32_t make_private(struct cfile *f, uint64_t index, uint32_t fid,
 	uint32_t nf = fid;
 
 	if (!(fl & (F_STABLE | F_UNSTABLE | F_PHYS | F_ZERO)) &&
-	    !(fl & F_ORPHAN) && fr->nmappers == 1)
-		return fid; /* racy peek confirmed below only when shared */
+	    !(fl & F_ORPHAN) &&
+	    __atomic_load_n(&fr->nmappers, __ATOMIC_RELAXED) == 1)
+		return fid; /* only STABLE/UNSTABLE/PHYS frames gain mappers
+			     * without their owner's index lock, held here */
 	pthread_mutex_lock(&c->map_lock);
 	if ((fid == FID_ZERO || fr->nmappers > 1) && !*spare) {
 		nf = 0;
@@ -509,7 +511,8 @@ static bool needs_frame(struct cache *c, uint32_t fid)
 	fr = cache_frame(c, fid);
 	/* Mappers join a STABLE frame by content and a PHYS one by its
 	 * block, both without our index lock: a copy may be needed. */
-	return (frame_flags(fr) & (F_STABLE | F_PHYS)) || fr->nmappers != 1;
+	return (frame_flags(fr) & (F_STABLE | F_PHYS)) ||
+	       __atomic_load_n(&fr->nmappers, __ATOMIC_RELAXED) != 1;
 }
 
 /* Frames for the pages of a chunk that need one; all or none. */
@@ -686,7 +689,9 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		off = cfile_size(f);
 	if (off_out)
 		*off_out = off;
-	if (off + len < off) {
+	/* A mapping holds page indexes up to MAP_INDEX_MAX (4 PiB). */
+	if (off + len < off ||
+	    ((off + len + PG - 1) >> CACHE_PAGE_SHIFT) > MAP_INDEX_MAX) {
 		ret = -EFBIG;
 		goto out_unlock;
 	}

@@ -336,13 +336,13 @@ static bool queue_mappers(struct dedup *d, uint32_t fid)
 	CACHE_BUG_ON((frame_flags(fr) & (F_STABLE | F_DIGEST)) !=
 		     (F_STABLE | F_DIGEST));
 	for (uint32_t i = 0; i < fr->m.rmap->n; i++) {
-		struct mapping *m = &fr->m.rmap->m[i];
+		struct mapper m = frame_mapper(&d->c->ft, fr->m.rmap->m[i]);
 
-		if (!mapper_ident(m->file, &id)) {
+		if (!mapper_ident(m.file, &id)) {
 			all = false;
 			continue;
 		}
-		queue_page(d, &id, m->index, fr->fp[0], fr->fp[1],
+		queue_page(d, &id, m.index, fr->fp[0], fr->fp[1],
 			   d->digest[fid]);
 	}
 	if (all)

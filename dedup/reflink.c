@@ -233,25 +233,21 @@ static bool mapper_vouches(struct dedup *d, struct cfile *g, uint64_t index,
 /* Is frame fid's block claim true now (see Trust above)? map_lock held. */
 static bool phys_vouched(struct dedup *d, uint32_t fid)
 {
+	struct frame_table *t = &d->c->ft;
 	struct frame *fr = cache_frame(d->c, fid);
-	struct mapping one, *m;
-	uint32_t n;
+	struct mapper o;
 
 	if (frame_flags(fr) & (F_DIRTY | F_WB | F_IO | F_ERROR))
 		return false;
 	if (fr->nmappers == 1) {
-		one = fr->m.owner;
-		m = &one;
-		n = 1;
-	} else if (fr->nmappers > 1) {
-		m = fr->m.rmap->m;
-		n = fr->m.rmap->n;
-	} else {
-		return false;
+		o = frame_owner(t, fr);
+		return mapper_vouches(d, o.file, o.index, fr->phys);
 	}
-	for (uint32_t i = 0; i < n; i++)
-		if (mapper_vouches(d, m[i].file, m[i].index, fr->phys))
+	for (uint32_t i = 0; fr->nmappers > 1 && i < fr->m.rmap->n; i++) {
+		o = frame_mapper(t, fr->m.rmap->m[i]);
+		if (mapper_vouches(d, o.file, o.index, fr->phys))
 			return true;
+	}
 	return false;
 }
 

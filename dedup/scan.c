@@ -64,7 +64,7 @@ static bool merge_unstable(struct dedup *d, struct cfile *f, uint64_t index,
 		if (cand == fid || cf->fp[1] != fr->fp[1] || cf->nmappers != 1 ||
 		    (cfl & (F_DIRTY | F_IO | F_WB | F_FREE | F_STABLE)))
 			continue;
-		g = cf->m.owner.file;
+		g = frame_owner(&c->ft, cf).file;
 		if (!scope_match(dedup_scope_of(d, g), scope))
 			continue;
 		/* The partner's content may be changed only by its owner:
@@ -110,8 +110,8 @@ static void scan_one(struct dedup *d, uint32_t fid)
 		fr->scan_skip--;
 		return;
 	}
-	f = fr->m.owner.file;
-	index = fr->m.owner.index;
+	f = frame_owner(&c->ft, fr).file;
+	index = frame_owner(&c->ft, fr).index;
 	if (pthread_rwlock_trywrlock(&f->pidx_lock))
 		return;
 	/* Re-check under the owner's lock: nothing can write it now. */

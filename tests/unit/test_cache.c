@@ -79,11 +79,16 @@ static void test_frame_alloc_free_budget(void)
 static void test_frame_mappers_inline_then_list(void)
 {
 	struct frame_table t;
-	struct cfile *a = (struct cfile *)0x1000, *b = (struct cfile *)0x2000;
-	struct mapping m[4];
+	struct cfile fa = { 0 }, fb = { 0 }, *a = &fa, *b = &fb;
+	struct mapper m[4];
 	uint32_t fid;
 
 	CHECK_EQ(frame_table_init(&t, 16, 16), 0);
+	a->map_number = frame_file_number(&t, a);
+	b->map_number = frame_file_number(&t, b);
+	CHECK(a->map_number && b->map_number != a->map_number);
+	CHECK_EQ(sizeof(struct frame), 48);
+	CHECK_EQ(sizeof(struct mapping), 8);
 	fid = frame_alloc_locked(&t);
 	CHECK_EQ(frame_add_mapper(&t, fid, a, 1), 0);
 	CHECK_EQ(t.rmap_bytes, 0); /* one mapper: inline, no list */
@@ -101,6 +106,11 @@ static void test_frame_mappers_inline_then_list(void)
 	CHECK(m[0].file == b && m[0].index == 3);
 	CHECK(frame_del_mapper(&t, fid, b, 3)); /* last one: orphan */
 	CHECK(frame_flags(&t.frames[fid]) & F_ORPHAN);
+	/* a page index past what a mapping holds is refused */
+	CHECK_EQ(frame_add_mapper(&t, fid, a, MAP_INDEX_MAX + 1), -EFBIG);
+	/* numbers are given back and reused */
+	frame_file_release(&t, a->map_number);
+	CHECK_EQ(frame_file_number(&t, b), a->map_number);
 	frame_table_fini(&t);
 }
 
