@@ -371,6 +371,16 @@ class Mount:
     def scan(self, wait=True):
         os.setxattr(self.mnt, 'samepage.scan', b'wait' if wait else b'start')
 
+    def anon_bytes(self):
+        """Daemon Pss_Anon: its own memory (frames, heap, stacks), not the
+        files it maps (libraries, the store), which are page cache.
+        Not a memory bound under sanitizers: see SANITIZED."""
+        with open(f'/proc/{self.pid}/smaps_rollup') as f:
+            for line in f:
+                if line.startswith('Pss_Anon:'):
+                    return int(line.split()[1]) * 1024
+        raise MountError(f'no Pss_Anon for pid {self.pid}')
+
     def rss_bytes(self):
         """Daemon VmRSS. Not a memory bound under ASan: see SANITIZED."""
         with open(f'/proc/{self.pid}/status') as f:

@@ -283,7 +283,7 @@ class LargerThanCache(sp.MountTestCase):
                 h.update(blk)
                 self.assertEqual(f.write(blk), MiB)
                 if i % 8 == 7:
-                    max_rss = max(max_rss, self.m.rss_bytes())
+                    max_rss = max(max_rss, self.m.anon_bytes())
             os.fsync(f.fileno())
         want = h.hexdigest()
         h = hashlib.sha1()
@@ -291,7 +291,7 @@ class LargerThanCache(sp.MountTestCase):
             for i in range(64):
                 h.update(f.read(MiB))
                 if i % 8 == 7:
-                    max_rss = max(max_rss, self.m.rss_bytes())
+                    max_rss = max(max_rss, self.m.anon_bytes())
             self.assertEqual(f.read(1), b'')
         self.assertEqual(h.hexdigest(), want, '64 MiB file read back')
         st = self.m.stats()
@@ -299,7 +299,7 @@ class LargerThanCache(sp.MountTestCase):
         self.assertLessEqual(st['cache_bytes'], self.budget, st)
         if not sp.SANITIZED:  # ASan's own memory is not the daemon's
             self.assertLessEqual(max_rss, self.budget + 32 * MiB,
-                                 f'daemon RSS {max_rss} over budget + 32 MiB')
+                                 f'daemon Pss_Anon {max_rss} over budget + 32 MiB')
         # And once more after unmount, from the disk.
         self.assertEqual(self.m.stop(), 0)
         self.assertEqual(sha1_path(self.m.bpath('big')), want)
@@ -539,7 +539,7 @@ class OneGiBRead(sp.MountTestCase):
             os.fsync(f.fileno())
         want = h.hexdigest()
         sp.drop_caches()
-        rss0 = self.m.rss_bytes()
+        rss0 = self.m.anon_bytes()
         pc0 = sp.page_cache_bytes()
         max_rss = rss0
         h = hashlib.sha1()
@@ -550,9 +550,9 @@ class OneGiBRead(sp.MountTestCase):
                 self.assertEqual(n, MiB, f'short read at {i} MiB')
                 h.update(buf)
                 if i % 32 == 31:
-                    max_rss = max(max_rss, self.m.rss_bytes())
+                    max_rss = max(max_rss, self.m.anon_bytes())
             self.assertEqual(f.readinto(buf), 0)
-        rss1 = self.m.rss_bytes()
+        rss1 = self.m.anon_bytes()
         pc1 = sp.page_cache_bytes()
         max_rss = max(max_rss, rss1)
         self.assertEqual(h.hexdigest(), want, '1 GiB file read back')
@@ -561,7 +561,7 @@ class OneGiBRead(sp.MountTestCase):
         # says whether the growth is ours.
         fuse_pc = resident_bytes(self.m.path('big1g'))
         backing_pc = resident_bytes(bp)
-        msg = (f'daemon RSS {rss0 >> 20} -> {rss1 >> 20} MiB (max '
+        msg = (f'daemon Pss_Anon {rss0 >> 20} -> {rss1 >> 20} MiB (max '
                f'{max_rss >> 20}), kernel Cached {pc0 >> 20} -> '
                f'{pc1 >> 20} MiB, of it the mounted file {fuse_pc} and the '
                f'backing file {backing_pc} bytes, stats {self.m.stats()}')

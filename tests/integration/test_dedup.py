@@ -2,7 +2,7 @@
 
 Copies are made behind the mount with `cp --reflink=never` (real copies:
 only their content is the same) and then read through the mount. The tests
-check the saving (cache_bytes, pages_sharing, daemon RSS), copy-on-write
+check the saving (cache_bytes, pages_sharing, daemon Pss_Anon), copy-on-write
 isolation of shared pages, re-merging after a page is written back to its
 old content, the zero page, truncate/unlink of one copy, readers of shared
 pages racing a verifying writer, and the max_page_sharing limit.
@@ -107,11 +107,11 @@ class EightCopies(DedupCase):
         npages = size // PAGE
         names, data = make_copies(self.m, size)
         want = hashlib.sha1(data).hexdigest()
-        rss0 = self.m.rss_bytes()
+        rss0 = self.m.anon_bytes()
         max_rss = rss0
         for n in names:
             self.assertEqual(sha1_path(self.m.path(n)), want, f'{n} content')
-            max_rss = max(max_rss, self.m.rss_bytes())
+            max_rss = max(max_rss, self.m.anon_bytes())
         st = self.m.stats()
         self.assertLessEqual(st['cache_bytes'], 1.15 * size + 2 * MiB, st)
         self.assertGreaterEqual(st['pages_sharing'],
@@ -119,9 +119,9 @@ class EightCopies(DedupCase):
         self.assertGreater(st['content_merges'], 0, st)
         if not sp.SANITIZED:  # ASan's own memory is not the daemon's
             self.assertLessEqual(max_rss - rss0, 1.15 * size + 8 * MiB,
-                                 f'RSS grew {rss0 >> 20} -> {max_rss >> 20} MiB')
+                                 f'Pss_Anon grew {rss0 >> 20} -> {max_rss >> 20} MiB')
             self.assertLessEqual(max_rss, 1.15 * size + 32 * MiB,
-                                 f'daemon RSS {max_rss >> 20} MiB')
+                                 f'daemon Pss_Anon {max_rss >> 20} MiB')
         # A second pass is served from the merged frames, still correct.
         for n in names:
             self.assertEqual(sha1_path(self.m.path(n)), want, f'{n} again')

@@ -122,10 +122,10 @@ class EightClones(ReflinkCase):
         names, data = self.clones(size, 8)
         want = hashlib.sha1(data).hexdigest()
         del data
-        rss0 = self.m.rss_bytes()
+        rss0 = self.m.anon_bytes()
         for n in names:
             self.assertEqual(sha1_path(self.m.path(n)), want, n)
-        rss1 = self.m.rss_bytes()
+        rss1 = self.m.anon_bytes()
         st = self.m.stats()
         self.assertLessEqual(st['cache_bytes'], 1.15 * size + 2 * MiB, st)
         self.assertGreaterEqual(st['reflink_merges'], 0.95 * 7 * npages, st)
@@ -133,7 +133,7 @@ class EightClones(ReflinkCase):
         self.assertGreaterEqual(st['pages_sharing'], 0.95 * 7 * npages, st)
         if not sp.SANITIZED:  # ASan's own memory is not the daemon's
             self.assertLessEqual(rss1 - rss0, 1.15 * size + 8 * MiB,
-                                 f'RSS {rss0 >> 20} -> {rss1 >> 20} MiB')
+                                 f'Pss_Anon {rss0 >> 20} -> {rss1 >> 20} MiB')
         # The clones were recognised by extent: the disk was read once.
         self.assertLessEqual(st['backing_read_bytes'], 1.15 * size, st)
 
