@@ -697,9 +697,8 @@ static int store_env_open(struct store *s, unsigned flags)
 static int store_open_env(struct store *s, bool check)
 {
 	/* No readahead into the map: the store's look-ups and updates are
-	 * random, and the writer drops the map's pages after each commit
-	 * (release_map), so what a fault reads around would only swell the
-	 * daemon's RSS until the next one. */
+	 * random, and what a fault reads around them would only swell the
+	 * page cache. The kernel manages the map's clean pages. */
 	unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
 	char path[PATH_MAX];
 	MDB_stat st;

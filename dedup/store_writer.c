@@ -381,37 +381,6 @@ static enum prune_result prune_commit(struct pruner *p, struct wctx *w,
 	return p->done >= p->goal ? PRUNE_DONE : PRUNE_MORE;
 }
 
-/*
- * The store lives on disk: once a batch is committed, its pages need be
- * neither in the daemon's address space (they would count in its RSS) nor
- * in the kernel's page cache. Readers fault back in what they touch.
- */
-static void release_map(struct store *s)
-{
-	char line[4200], want[PATH_MAX + 16];
-	FILE *maps;
-	int fd;
-
-	/* LMDB does not say where it mapped the file (me_mapaddr is set for
-	 * MDB_FIXEDMAP only): find the mapping of data.mdb. */
-	snprintf(want, sizeof(want), "%s/data.mdb", s->dir);
-	maps = fopen("/proc/self/maps", "re");
-	while (maps && fgets(line, sizeof(line), maps)) {
-		unsigned long lo, hi;
-		char *path = strchr(line, '/');
-
-		if (!path || sscanf(line, "%lx-%lx", &lo, &hi) != 2)
-			continue;
-		path[strcspn(path, "\n")] = '\0';
-		if (!strcmp(path, want))
-			madvise((void *)lo, hi - lo, MADV_DONTNEED);
-	}
-	if (maps)
-		fclose(maps);
-	if (mdb_env_get_fd(s->env, &fd) == 0)
-		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-}
-
 /* Drop the pages of fid that share their content with no other page. */
 static enum prune_result prune_unique(struct pruner *p, uint64_t fid)
 {
@@ -579,7 +548,6 @@ static int store_apply(struct store *s, const struct store_op *ops, size_t n)
 		ret = wctx_commit(&w);
 		if (!ret) {
 			atomic_fetch_add(&s->commits, 1);
-			release_map(s);
 			return 0;
 		}
 		rc = w.t.rc;
