@@ -56,6 +56,11 @@ int cache_create(const struct cache_config *cfg, struct cache **out)
 	ret = cache_wb_start(c);
 	if (ret)
 		goto out_fini;
+	ret = cache_ra_start(c);
+	if (ret) {
+		cache_wb_stop(c);
+		goto out_fini;
+	}
 	if (cfg->watch_pressure && pressure_start(c) == -ENOENT)
 		fprintf(stderr, "samepagefs: no memory pressure notification "
 			"here (PSI or a memory cgroup): the cache keeps its "
@@ -77,6 +82,7 @@ int cache_destroy(struct cache *c)
 	if (!c)
 		return 0;
 	atomic_store(&c->closing, true);
+	cache_ra_stop(c);
 	pressure_stop(c);
 	cache_wb_stop(c);
 	ret = cache_sync_all(c);
@@ -483,6 +489,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	st->invalidations = atomic_load(&a->invalidations);
 	st->clone_shares = atomic_load(&a->clone_shares);
 	st->pressure_shrinks = atomic_load(&a->pressure_shrinks);
+	st->readahead_pages = atomic_load(&a->readahead_pages);
 	st->uring_fallbacks = bio_ring_fallbacks();
 	st->pressure_bytes = atomic_load(&a->pressure_bytes);
 	pthread_mutex_lock(&c->files_lock);

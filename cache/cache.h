@@ -86,7 +86,8 @@ struct cache_stats {
 	uint64_t frames_dirty;         /* (g) */
 	uint64_t files_cached;         /* (g) */
 	uint64_t hits;                 /* pages served from a resident frame */
-	uint64_t misses;               /* pages that needed a fill */
+	uint64_t misses;               /* pages a read had to fill */
+	uint64_t readahead_pages;      /* pages filled ahead of a stream */
 	uint64_t evictions;
 	uint64_t backing_read_bytes;
 	uint64_t backing_write_bytes;

@@ -26,7 +26,7 @@ struct cstat_atomic {
 	_Atomic uint64_t hits, misses, evictions, backing_read_bytes,
 		backing_write_bytes, backing_reads, backing_writes,
 		writeback_errors, cow_breaks, invalidations, clone_shares,
-		pressure_shrinks, pressure_bytes;
+		pressure_shrinks, pressure_bytes, readahead_pages;
 };
 
 struct cfile_ident {
@@ -92,6 +92,11 @@ struct cfile {
 	/* owned by dedup, under pidx_lock; freed with the cfile */
 	void *extents;                      /* reflink extent map */
 	void *persist;                      /* stored fingerprints window */
+	/* readahead (readahead.c): where a sequential reader is expected
+	 * next, how far ahead is asked for, the window; ra_lock */
+	pthread_mutex_t ra_lock;
+	uint64_t ra_next, ra_end;
+	uint32_t ra_win;
 };
 
 struct cache {
@@ -125,6 +130,7 @@ struct cache {
 	pthread_cond_t detach_done;         /* files_lock: a put finished */
 	_Atomic bool closing;               /* cache_destroy: keep nothing */
 	struct pressure *pressure;          /* pressure.c; NULL if none */
+	struct readahead *ra;               /* readahead.c */
 	_Atomic int64_t meta_mapped;        /* metadata others map themselves */
 };
 
@@ -165,6 +171,17 @@ void cache_unmap_page(struct cache *c, struct cfile *f, uint64_t index,
 /* The same with map_lock already held. */
 void cache_unmap_page_locked(struct cache *c, struct cfile *f,
 			     uint64_t index, uint32_t fid);
+
+/* rw.c: fill missing pages (see there); how: FILL_* */
+#define FILL_BLOCK 1u   /* may wait for a frame */
+#define FILL_AHEAD 2u   /* readahead */
+int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
+	       unsigned n, unsigned how);
+
+/* readahead.c: a read of pages [first, last] of f has been served. */
+void cache_readahead(struct cfile *f, uint64_t first, uint64_t last);
+int cache_ra_start(struct cache *c);
+void cache_ra_stop(struct cache *c);
 
 /* writeback.c */
 int cache_wb_start(struct cache *c);

@@ -239,6 +239,7 @@ static int cfile_new(struct cache *c, int path_fd, struct cfile **out)
 	pthread_rwlock_init(&f->pidx_lock, NULL);
 	pthread_mutex_init(&f->write_lock, NULL);
 	pthread_mutex_init(&f->wb_mutex, NULL);
+	pthread_mutex_init(&f->ra_lock, NULL);
 	pidx_init(&f->pidx);
 	f->size = f->backing_size = f->ident.size;
 	*out = f;
@@ -262,6 +263,7 @@ static void cfile_free(struct cfile *f)
 	pthread_rwlock_destroy(&f->pidx_lock);
 	pthread_mutex_destroy(&f->write_lock);
 	pthread_mutex_destroy(&f->wb_mutex);
+	pthread_mutex_destroy(&f->ra_lock);
 	if (f->wfd >= 0)
 		close(f->wfd);
 	if (f->fd >= 0)

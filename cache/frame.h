@@ -70,6 +70,7 @@ enum {
 	F_CREDIT_SHIFT = 17,
 	F_CREDIT = 3u << 17,
 	F_DISCARDED = 1u << 19,
+	F_AHEAD = 1u << 20,    /* filled by readahead */
 };
 
 /*

@@ -14,7 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define READ_CHUNK 64u
+#define READ_CHUNK 128u
+/* Pages per backing read request: a run of misses is split so that
+ * several requests are in flight at once. */
+#define READ_REQ_PAGES 32u
 #define WRITE_CHUNK 16u
 #define PG CACHE_PAGE_SIZE
 
@@ -50,13 +53,16 @@ static void shrunk_behind_locked(struct cfile *f, uint64_t eof,
 /*
  * Fill missing pages of f from idx[0] on; out[i] receives a pinned frame.
  * inval_lock must be held shared. Fills as many pages as frames can be had
- * (at least one with may_block) and returns how many, or -errno. Without
- * may_block, returns -EAGAIN when no frame is free (the caller holds pins
- * and must let them go first).
+ * (at least one with FILL_BLOCK) and returns how many, or -errno. Without
+ * FILL_BLOCK, returns -EAGAIN when no frame is free (the caller holds pins
+ * and must let them go first). FILL_AHEAD: readahead, the frames are not
+ * marked referenced (unread, they are the first to go) and the pages count
+ * as readahead_pages, not misses.
  */
-static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
-		      unsigned n, bool may_block)
+int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
+	       unsigned n, unsigned how)
 {
+	bool may_block = how & FILL_BLOCK;
 	struct cache *c = f->cache;
 	uint32_t fresh[READ_CHUNK];
 	bool io[READ_CHUNK] = { false };
@@ -108,7 +114,8 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 			out[i] = 0;
 			continue;
 		}
-		frame_set(cache_frame(c, fresh[i]), F_IO | F_REF);
+		frame_set(cache_frame(c, fresh[i]),
+			  F_IO | (how & FILL_AHEAD ? F_AHEAD : F_REF));
 		frame_pin(cache_frame(c, fresh[i]));
 		if (c->share.note_fill)
 			c->share.note_fill(c->share.ctx, f, idx[i], fresh[i]);
@@ -128,7 +135,8 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 		iov[i].iov_base = cache_frame_data(c, out[i]);
 		iov[i].iov_len = PG;
 		if (prev != UINT32_MAX && prev == i - 1 &&
-		    idx[i] == idx[prev] + 1) {
+		    idx[i] == idx[prev] + 1 &&
+		    req[nreq - 1].niov < READ_REQ_PAGES) {
 			req[nreq - 1].niov++;
 		} else {
 			req[nreq++] = (struct bio_req){
@@ -163,7 +171,8 @@ static int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 		}
 	}
 	atomic_fetch_add(&c->st.backing_reads, nreq);
-	atomic_fetch_add(&c->st.misses, nio);
+	atomic_fetch_add(how & FILL_AHEAD ? &c->st.readahead_pages
+					  : &c->st.misses, nio);
 
 	/* Hash outside the locks; the frames are ours while under IO. */
 	if (c->share.hash_fill)
@@ -219,10 +228,13 @@ static int pin_pages(struct cfile *f, uint64_t first, unsigned n,
 {
 	struct cache *c = f->cache;
 	uint64_t miss_idx[READ_CHUNK];
-	unsigned miss_pos[READ_CHUNK], nmiss = 0, hits = 0;
+	unsigned miss_pos[READ_CHUNK], nmiss, hits;
 	uint32_t got[READ_CHUNK];
+	bool ahead_only = true, retried = false;
 	int ret = 0;
 
+again:
+	nmiss = hits = 0;
 	pthread_rwlock_rdlock(&f->pidx_lock);
 	for (unsigned i = 0; i < n; i++) {
 		uint32_t fid = pidx_lookup(&f->pidx, first + i);
@@ -249,7 +261,7 @@ static int pin_pages(struct cfile *f, uint64_t first, unsigned n,
 
 		pthread_rwlock_rdlock(&f->inval_lock);
 		ret = fill_pages(f, miss_idx + done, got + done, nmiss - done,
-				 block);
+				 block ? FILL_BLOCK : 0);
 		pthread_rwlock_unlock(&f->inval_lock);
 		if (ret < 0) {
 			for (unsigned k = 0; k < done; k++)
@@ -267,12 +279,20 @@ static int pin_pages(struct cfile *f, uint64_t first, unsigned n,
 		struct frame *fr = cache_frame(c, fids[i]);
 
 		frame_wait_io(fr);
-		if (frame_flags(fr) & F_ERROR)
+		if (frame_flags(fr) & F_ERROR) {
 			ret = -EIO;
+			ahead_only &= !!(frame_flags(fr) & F_AHEAD);
+		}
 	}
 	if (ret) {
 		unpin_all(c, fids, n);
 		memset(fids, 0, n * sizeof(*fids));
+		/* A failed readahead is not this read's failure: the pages
+		 * it could not fill are gone, read them ourselves. */
+		if (ahead_only && !retried) {
+			retried = true;
+			goto again;
+		}
 	}
 	return ret;
 }
@@ -376,6 +396,7 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 		p += n;
 	}
 
+	cache_readahead(f, first, last);
 	/* A fill may have found the file shorter than we knew it. */
 	size = cfile_size(f);
 	if (off >= size) {

@@ -122,6 +122,7 @@ static void ctl_stats(struct spfs *fs, struct ctl_buf *b)
 	U("files_kept", cs.files_kept);
 	U("file_reattaches", cs.file_reattaches);
 	U("uring_fallbacks", cs.uring_fallbacks);
+	U("readahead_pages", cs.readahead_pages);
 	U("free_frame_bytes", cs.free_frame_bytes);
 #undef U
 	ctl_printf(b, "general_profit %" PRId64 "\n", ds.general_profit);

@@ -274,6 +274,8 @@ static const struct counter_doc {
 	{ "writeback_errors", false, "Writebacks that failed." },
 	{ "invalidations", false,
 	  "Pages dropped by truncate, hole punching or a changed backing file." },
+	{ "readahead_pages", false,
+	  "Pages filled ahead of a sequential reader (not counted as misses)." },
 	{ "file_reattaches", false,
 	  "Kept files found again by a later lookup, pages and all." },
 	{ "pressure_shrinks", false,
