@@ -181,6 +181,8 @@ int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 /* readahead.c: a read of pages [first, last] of f has been served. */
 void cache_readahead(struct cfile *f, uint64_t first, uint64_t last);
 int cache_ra_start(struct cache *c);
+/* Stop readahead for good (dedup_destroy, cache_destroy); queued work is
+ * dropped, a fill under way finishes first. */
 void cache_ra_stop(struct cache *c);
 
 /* writeback.c */

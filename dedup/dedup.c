@@ -286,6 +286,9 @@ void dedup_destroy(struct dedup *d)
 
 	if (!d)
 		return;
+	/* No fill of the readahead threads may run into the share ops
+	 * while they go: readahead ends with dedup. */
+	cache_ra_stop(d->c);
 	dedup_scan_stop(d);
 	/* Shared frames still waiting for a digest: recorded now, before
 	 * the store closes, so that a quick unmount persists too. */
