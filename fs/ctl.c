@@ -11,6 +11,7 @@
 #include "cache.h"
 #include "config.h"
 #include "ctl.h"
+#include "ctl_parse.h"
 #include "dedup.h"
 #include "fs.h"
 #include "opts.h"
@@ -395,46 +396,6 @@ int ctl_get(struct spfs *fs, struct inode *in, const char *name,
 	return 0;
 }
 
-/* The value as a C string without its trailing newline or blanks. */
-static char *ctl_value(const char *value, size_t size)
-{
-	char *v = strndup(value, size);
-	size_t n;
-
-	if (!v)
-		return NULL;
-	n = strlen(v);
-	while (n && (v[n - 1] == '\n' || v[n - 1] == ' ' || v[n - 1] == '\t'))
-		v[--n] = '\0';
-	return v;
-}
-
-static int ctl_set_knob(struct spfs *fs, char *v)
-{
-	char *eq = strchr(v, '=');
-	const char *key = v, *val;
-	uint64_t bytes;
-	int ret;
-
-	if (!eq || eq == v)
-		return -EINVAL;
-	*eq = '\0';
-	val = eq + 1;
-	if (!strcmp(key, "cache_size")) {
-		ret = opts_parse_size(val, &bytes);
-		if (ret || bytes < (1u << 20))
-			return -EINVAL;
-		return cache_set_limit(fs->cache, bytes);
-	}
-	/* Fault injection and pause points, in builds with
-	 * -Dfailpoints=true only. */
-	if (!strncmp(key, "fail_", 5) || !strncmp(key, "pause_", 6))
-		return cache_failpoint_set(key, val);
-	if (!fs->dedup)
-		return -EINVAL;
-	return dedup_set_knob(fs->dedup, key, val);
-}
-
 int ctl_set(struct spfs *fs, struct inode *in, const char *name,
 	    const char *value, size_t size, uid_t caller)
 {
@@ -451,15 +412,11 @@ int ctl_set(struct spfs *fs, struct inode *in, const char *name,
 	if (!v)
 		return -ENOMEM;
 	if (knob) {
-		ret = ctl_set_knob(fs, v);
-	} else if (!fs->dedup) {
-		ret = -EINVAL;
-	} else if (!strcmp(v, "start")) {
-		ret = dedup_scan_now(fs->dedup, false);
-	} else if (!strcmp(v, "wait")) {
-		ret = dedup_scan_now(fs->dedup, true);
+		const char *k, *val;
+
+		ret = ctl_apply_set(fs->cache, fs->dedup, v, &k, &val);
 	} else {
-		ret = -EINVAL;
+		ret = ctl_apply_scan(fs->dedup, v);
 	}
 	free(v);
 	return ret;

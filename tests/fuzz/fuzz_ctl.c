@@ -3,14 +3,9 @@
  * (samepage.set, samepage.scan) must be refused or applied, never crash,
  * and what was applied must read back through dedup_format_knobs().
  *
- * fs/ctl.c cannot be linked without the FUSE front end and its set path
- * (ctl_value, ctl_set_knob) is static, so fuzz_ctl_set() below repeats its
- * decoding step for step on top of the same library calls: the value is a
- * C string up to its first NUL, trailing newlines and blanks dropped, split
- * at the first '='; cache_size goes to opts_parse_size() and
- * cache_set_limit(), fail_* to cache_failpoint_set(), anything else to
- * dedup_set_knob(). One cache and one dedup object (no store) are made
- * once; the knobs are put back to their defaults after every input.
+ * It runs the front end's own decoding (fs/ctl_parse.c, which knows no
+ * FUSE) on one cache and one dedup object (no store), made once; the knobs
+ * are put back to their defaults after every input.
  *
  * The first input byte chooses: bit 0 set writes samepage.scan instead of
  * samepage.set; the other bits size the buffer dedup_format_knobs() gets,
@@ -22,6 +17,7 @@
 #include <string.h>
 
 #include "cache.h"
+#include "ctl_parse.h"
 #include "dedup.h"
 #include "opts.h"
 
@@ -57,45 +53,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (dedup_create(fuzz_cache, &fuzz_defaults, &fuzz_dedup))
 		abort();
 	return 0;
-}
-
-/* ctl_value(): the value as a C string without trailing newline/blanks. */
-static char *fuzz_value(const uint8_t *data, size_t size)
-{
-	char *v = strndup((const char *)data, size);
-	size_t n;
-
-	if (!v)
-		abort();
-	n = strlen(v);
-	while (n && (v[n - 1] == '\n' || v[n - 1] == ' ' || v[n - 1] == '\t'))
-		v[--n] = '\0';
-	return v;
-}
-
-/* ctl_set_knob(). */
-static int fuzz_ctl_set(char *v, const char **key_out, const char **val_out)
-{
-	char *eq = strchr(v, '=');
-	const char *key = v, *val;
-	uint64_t bytes;
-	int ret;
-
-	if (!eq || eq == v)
-		return -EINVAL;
-	*eq = '\0';
-	val = eq + 1;
-	*key_out = key;
-	*val_out = val;
-	if (!strcmp(key, "cache_size")) {
-		ret = opts_parse_size(val, &bytes);
-		if (ret || bytes < (1u << 20))
-			return -EINVAL;
-		return cache_set_limit(fuzz_cache, bytes);
-	}
-	if (!strncmp(key, "fail_", 5))
-		return cache_failpoint_set(key, val);
-	return dedup_set_knob(fuzz_dedup, key, val);
 }
 
 /* The "key value" line of the knobs text, as a number. */
@@ -164,22 +121,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 1 || size > FUZZ_MAX_LEN)
 		return 0;
-	v = fuzz_value(data + 1, size - 1);
+	v = ctl_value((const char *)data + 1, size - 1);
+	if (!v)
+		abort();
 	if (data[0] & 1) {
 		/* samepage.scan */
-		if (!strcmp(v, "start"))
-			FUZZ_CHECK(dedup_scan_now(fuzz_dedup, false) == 0);
-		else if (!strcmp(v, "wait"))
-			FUZZ_CHECK(dedup_scan_now(fuzz_dedup, true) == 0);
+		ret = ctl_apply_scan(fuzz_dedup, v);
+		FUZZ_CHECK(ret == 0 || ret == -EINVAL);
+		FUZZ_CHECK(ret == 0 || (strcmp(v, "start") && strcmp(v, "wait")));
 		free(v);
 		return 0;
 	}
 
-	ret = fuzz_ctl_set(v, &key, &val);
+	ret = ctl_apply_set(fuzz_cache, fuzz_dedup, v, &key, &val);
 	FUZZ_CHECK(ret <= 0);
 	n = dedup_format_knobs(fuzz_dedup, knobs, sizeof(knobs));
 	FUZZ_CHECK(n > 0 && (size_t)n < sizeof(knobs));
-	if (ret == 0 && strcmp(key, "cache_size") && strncmp(key, "fail_", 5)) {
+	if (ret == 0 && strcmp(key, "cache_size") && strncmp(key, "fail_", 5) &&
+	    strncmp(key, "pause_", 6)) {
 		/* A knob that was accepted is shown with the value given. */
 		FUZZ_CHECK(knob_value(knobs, key, &shown));
 		FUZZ_CHECK(shown == strtoul(val, NULL, 10));
