@@ -121,6 +121,7 @@ void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope)
 	fr->scope = scope;
 	frame_clear(fr, F_VOLATILE);
 	frame_set(fr, F_STABLE);
+	persist_stable(d, fid);
 }
 
 static bool same_page(struct cache *c, uint32_t a, uint32_t b)
@@ -155,6 +156,7 @@ uint32_t dedup_merge_stable(struct dedup *d, struct cfile *f, uint64_t index,
 		if (!same_page(c, cand, fid))
 			continue;
 		dedup_move_phys(d, fid, cand);
+		persist_merged(d, fid, cand);
 		if (dedup_remap(d, f, index, fid, cand))
 			return 0;
 		atomic_fetch_add(&d->content_merges, 1);
@@ -215,6 +217,7 @@ static void forget(void *ctx, uint32_t fid)
 	struct dedup *d = ctx;
 	uint32_t fl = frame_flags(cache_frame(d->c, fid));
 
+	persist_forget(d, fid);
 	if (fl & F_STABLE)
 		stree_remove(&d->stable, fid);
 	if (fl & F_UNSTABLE)

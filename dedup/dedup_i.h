@@ -31,6 +31,9 @@ struct dedup {
 	/* persist.c: SHA-256 digests of frames (see there). Mapped with the
 	 * store, capacity entries each, touched only where used. */
 	uint8_t (*digest)[FP_DIGEST_LEN];   /* map_lock; valid with F_DIGEST */
+	struct stree dtab;                  /* map_lock: the STABLE frames with
+					     * F_DIGEST, by the digest's first
+					     * 8 bytes */
 	uint32_t *want;                     /* map_lock: ring of frames that
 					     * wait for a digest */
 	uint8_t *want_bits;                 /* map_lock: fid is in the ring */
@@ -38,6 +41,8 @@ struct dedup {
 	uint32_t ncap;                      /* immutable: entries of the three */
 	pthread_mutex_t digest_lock;        /* one digest pass at a time */
 	unsigned char *digest_buf;          /* digest_lock */
+	_Atomic bool record_partial;        /* record the mappers
+					     * that are not busy (unmount) */
 	_Atomic uint64_t digests_computed;
 	dev_t devs[DEDUP_MAX_DEVS];         /* map_lock: id - 1 -> device */
 	pthread_mutex_t scope_lock;         /* scope_tab, scope_next */
@@ -106,6 +111,14 @@ void persist_fill_digest(struct dedup *d, struct frame *fr, const void *data,
  * the records of the shared ones' mappers; no lock held (takes
  * digest_lock, then map_lock). Returns how many waited (0: none). */
 unsigned persist_digest_work(struct dedup *d, unsigned budget);
+/* fid became STABLE (dedup_make_stable): into dtab if it has a digest.
+ * map_lock held. */
+void persist_stable(struct dedup *d, uint32_t fid);
+/* fid is about to leave the trees (the forget callback). map_lock held. */
+void persist_forget(struct dedup *d, uint32_t fid);
+/* fid, just filled, merged into stable target (contents compared equal):
+ * target gets fid's digest if it has none. map_lock held. */
+void persist_merged(struct dedup *d, uint32_t fid, uint32_t target);
 /* A single-mapper frame outside the stable tree, about to be scanned:
  * whatever digest it carries may be stale. map_lock held. */
 void persist_unstable(struct dedup *d, uint32_t fid);

@@ -324,7 +324,8 @@ uint32_t reflink_lookup(struct dedup *d, struct cfile *f, uint64_t index)
 		}
 		frame_set(cf, F_REF);
 		atomic_fetch_add(&d->reflink_merges, 1);
-		persist_shared(d, f, index, cand);
+		/* Not recorded in the store: FIEMAP names the block
+		 * again after a restart. */
 		hit = cand;
 		break;
 	}

@@ -273,47 +273,152 @@ int store_file_match(struct store *s, const struct store_ident *id,
 	return 0;
 }
 
-int store_get_fps(struct store *s, uint64_t file_id, uint64_t first,
-		  unsigned n, struct store_fp *fps, bool *present)
+/* Where the groups of one store_get_recs() call came from. */
+#define STORE_RECS_GROUPS 256u
+
+struct recs_groups {
+	uint64_t run[STORE_RECS_GROUPS], chunk[STORE_RECS_GROUPS];
+	uint32_t g[STORE_RECS_GROUPS];
+};
+
+/* The index of group g of chunk c (decoded in ch) in groups, added if
+ * new; -1 if there is no room. */
+static int recs_group(struct recs_groups *from, struct store_group *groups,
+		      unsigned *used, unsigned room, uint64_t run,
+		      uint64_t c, uint32_t g, const struct store_chunk *ch)
 {
-	uint8_t k[STORE_PAGE_KEY], v[STORE_PAGE_VAL];
-	uint64_t end, index;
-	MDB_cursor_op op = MDB_SET_RANGE;
+	for (unsigned i = *used; i-- > 0;)
+		if (from->run[i] == run && from->chunk[i] == c &&
+		    from->g[i] == g)
+			return (int)i;
+	if (*used >= room)
+		return -1;
+	from->run[*used] = run;
+	from->chunk[*used] = c;
+	from->g[*used] = g;
+	memcpy(groups[*used].tag, ch->tag[g * STORE_GROUP],
+	       sizeof(groups[*used].tag));
+	memcpy(groups[*used].digest, ch->gdigest[g], STORE_SHA256_LEN);
+	return (int)(*used)++;
+}
+
+/* Load chunk c of run into ch unless it is there already (*have). */
+static bool recs_chunk(struct stxn *t, uint64_t run, uint64_t c,
+		       struct store_chunk *ch, uint64_t have[2])
+{
+	uint8_t k[STORE_CHUNK_KEY], v[STORE_CHUNK_MAX];
+	size_t len;
+
+	if (have[0] == run && have[1] == c)
+		return true;
+	store_key2(k, run, c);
+	if (!stxn_getv(t, SDB_CHUNKS, k, sizeof(k), v, sizeof(v), &len) ||
+	    !store_chunk_dec(v, len, ch)) {
+		/* A recipe into entries that are not there. */
+		stxn_fail(t, MDB_CORRUPTED);
+		return false;
+	}
+	have[0] = run;
+	have[1] = c;
+	return true;
+}
+
+int store_get_recs(struct store *s, uint64_t file_id, uint64_t first,
+		   unsigned n, struct store_rec *recs,
+		   struct store_group *groups, unsigned *ngroups)
+{
+	unsigned room = *ngroups < STORE_RECS_GROUPS ? *ngroups
+						      : STORE_RECS_GROUPS;
+	struct recs_groups *from;
+	struct store_chunk *ch;
+	struct store_recipe r;
+	uint64_t end, next = first, have[2] = { 0, UINT64_MAX };
+	unsigned used = 0;
 	struct stxn t;
 	int rc;
 
-	memset(present, 0, n * sizeof(*present));
+	memset(recs, 0, n * sizeof(*recs));
+	*ngroups = 0;
 	if (!n || !s->env || !s->have_dbs)
 		return 0;
 	/* Before the snapshot is taken: see store_i.h. */
 	if (store_masked(s, file_id))
 		return 0;
+	from = malloc(sizeof(*from) + sizeof(*ch));
+	if (!from)
+		return -ENOMEM;
+	ch = (struct store_chunk *)(from + 1);
 	end = first > UINT64_MAX - n ? UINT64_MAX : first + n;
-	store_key2(k, file_id, first);
 	stxn_begin(s, &t, false);
-	while (stxn_seek(&t, SDB_PAGES, op, k, sizeof(k), v, sizeof(v))) {
-		op = MDB_NEXT;
-		index = store_get64(k + 8);
-		if (store_get64(k) != file_id || index >= end || index < first)
-			break;
-		store_fp_dec(v, &fps[index - first]);
-		present[index - first] = true;
+	while (next < end && store_recipe_find(&t, file_id, next, &r) &&
+	       r.first < end) {
+		uint64_t i = r.first > first ? r.first : first;
+		uint64_t stop = r.first + r.count < end ? r.first + r.count
+							 : end;
+
+		for (; i < stop && !t.rc; i++) {
+			struct store_rec *rec = &recs[i - first];
+			uint64_t off = r.off + (i - r.first);
+			uint32_t e = (uint32_t)(off % STORE_CHUNK), g;
+			int gi;
+
+			if (r.run == STORE_RUN_ZERO) {
+				rec->kind = STORE_REC_ZERO;
+				continue;
+			}
+			if (!recs_chunk(&t, r.run, off / STORE_CHUNK, ch, have))
+				break;
+			if (e >= ch->n) {
+				stxn_fail(&t, MDB_CORRUPTED);
+				break;
+			}
+			g = e / STORE_GROUP;
+			if (g < ch->n / STORE_GROUP) {
+				gi = recs_group(from, groups, &used, room,
+						r.run, off / STORE_CHUNK, g, ch);
+				if (gi < 0)
+					continue;       /* no room: none */
+				rec->kind = STORE_REC_GROUP;
+				rec->group = (uint16_t)gi;
+				rec->member = (uint8_t)(e % STORE_GROUP);
+				memcpy(rec->sha256, ch->tag[e], STORE_TAG_LEN);
+			} else {
+				rec->kind = STORE_REC_DIGEST;
+				memcpy(rec->sha256,
+				       ch->open[e % STORE_GROUP],
+				       STORE_SHA256_LEN);
+			}
+		}
+		next = r.first + r.count;
+		if (next <= r.first)
+			break;                  /* wrapped: the last page */
 	}
 	rc = t.rc;
 	stxn_abort(&t);
+	free(from);
 	if (rc) {
-		memset(present, 0, n * sizeof(*present));
+		memset(recs, 0, n * sizeof(*recs));
 		return store_errno(rc);
 	}
+	*ngroups = used;
 	return 0;
 }
 
 int store_put_page(struct store *s, const struct store_ident *id,
-		   uint64_t index, const struct store_fp *fp)
+		   uint64_t index, const uint8_t *sha256,
+		   const struct store_ident *ref, uint64_t ref_index)
 {
-	struct store_op op = { .kind = SOP_PUT, .id = *id, .a = index,
-			       .fp = *fp };
+	struct store_op op = { .kind = SOP_PUT, .id = *id, .a = index };
 
+	if (sha256)
+		memcpy(op.sha256, sha256, STORE_SHA256_LEN);
+	else
+		op.zero = true;
+	if (ref) {
+		op.has_ref = true;
+		op.ref = *ref;
+		op.b = ref_index;
+	}
 	return store_queue_op(s, &op);
 }
 
@@ -409,6 +514,15 @@ int store_prune_missing(struct store *s, store_exists_cb exists, void *arg)
 	}
 }
 
+static uint64_t store_meta_u64(struct stxn *t, const char *key)
+{
+	uint8_t v[8];
+
+	if (!stxn_get(t, SDB_META, key, strlen(key), v, sizeof(v)))
+		return 0;
+	return store_get64(v);
+}
+
 void store_get_stats(struct store *s, struct store_stats *st)
 {
 	struct stxn t;
@@ -427,8 +541,10 @@ void store_get_stats(struct store *s, struct store_stats *st)
 	st->bytes = stxn_used_bytes(&t);
 	if (s->have_dbs) {
 		st->files = stxn_entries(&t, SDB_FILES);
-		st->pages = stxn_entries(&t, SDB_PAGES);
-		st->distinct = stxn_entries(&t, SDB_FPS);
+		st->recipes = stxn_entries(&t, SDB_RECIPES);
+		st->runs = stxn_entries(&t, SDB_RUNS);
+		st->pages = store_meta_u64(&t, STORE_META_PAGES);
+		st->distinct = store_meta_u64(&t, STORE_META_DIGESTS);
 	}
 	stxn_abort(&t);
 	st->dup_pages = st->pages > st->distinct ? st->pages - st->distinct : 0;
@@ -439,8 +555,9 @@ void store_get_stats(struct store *s, struct store_stats *st)
 static const char *const store_db_names[SDB_COUNT] = {
 	[SDB_META] = "meta",
 	[SDB_FILES] = "files",
-	[SDB_PAGES] = "pages",
-	[SDB_FPS] = "fps",
+	[SDB_RECIPES] = "recipes",
+	[SDB_RUNS] = "runs",
+	[SDB_CHUNKS] = "chunks",
 };
 
 #define STORE_MAX_READERS 512
@@ -593,8 +710,9 @@ static int store_check_meta(struct stxn *t, bool create)
 		return -EBADMSG;
 	if (!found) {
 		if (!create || stxn_entries(t, SDB_META) ||
-		    stxn_entries(t, SDB_FILES) || stxn_entries(t, SDB_PAGES) ||
-		    stxn_entries(t, SDB_FPS))
+		    stxn_entries(t, SDB_FILES) ||
+		    stxn_entries(t, SDB_RECIPES) ||
+		    stxn_entries(t, SDB_RUNS) || stxn_entries(t, SDB_CHUNKS))
 			return -EBADMSG;
 		store_be32(v4, STORE_FORMAT);
 		stxn_put(t, SDB_META, STORE_META_FORMAT,
@@ -619,7 +737,8 @@ static int store_check_meta(struct stxn *t, bool create)
 	return 0;
 }
 
-/* Open (creating if writable) the four databases and check meta. */
+/* Open (creating if writable) the databases and check meta. meta
+ * first: a store of another format may not have the others. */
 static int store_attach(struct store *s)
 {
 	struct stxn t;
@@ -629,15 +748,32 @@ static int store_attach(struct store *s)
 	stxn_begin(s, &t, !s->readonly);
 	if (t.rc)
 		return store_errno(t.rc);
-	for (int i = 0; i < SDB_COUNT && !rc; i++)
-		rc = mdb_dbi_open(t.txn, store_db_names[i],
-				  s->readonly ? 0 : MDB_CREATE, &s->dbi[i]);
+	rc = mdb_dbi_open(t.txn, store_db_names[SDB_META],
+			  s->readonly ? 0 : MDB_CREATE, &s->dbi[SDB_META]);
 	if (rc == MDB_NOTFOUND && s->readonly &&
 	    !mdb_stat(t.txn, 1, &st) && !st.ms_entries) {
 		/* A store created but never written: nothing to read. */
 		stxn_abort(&t);
 		return 0;
 	}
+	if (!rc) {
+		uint8_t v4[4];
+		MDB_val k = { STORE_KEYLEN(STORE_META_FORMAT),
+			      (void *)STORE_META_FORMAT }, v;
+
+		if (!mdb_get(t.txn, s->dbi[SDB_META], &k, &v) &&
+		    v.mv_size == sizeof(v4)) {
+			memcpy(v4, v.mv_data, sizeof(v4));
+			s->found_format = store_get32(v4);
+			if (s->found_format != STORE_FORMAT) {
+				stxn_abort(&t);
+				return -EPROTO;
+			}
+		}
+	}
+	for (int i = SDB_META + 1; i < SDB_COUNT && !rc; i++)
+		rc = mdb_dbi_open(t.txn, store_db_names[i],
+				  s->readonly ? 0 : MDB_CREATE, &s->dbi[i]);
 	if (rc) {
 		stxn_abort(&t);
 		return rc == MDB_INCOMPATIBLE || rc == MDB_NOTFOUND ?
@@ -746,22 +882,37 @@ static int store_start_writer(struct store *s)
 	return 0;
 }
 
+static bool store_format_old(uint32_t format)
+{
+	return format == STORE_FORMAT_NO_DIGEST ||
+	       format == STORE_FORMAT_PER_PAGE;
+}
+
+static const char *store_format_why(uint32_t format)
+{
+	return format == STORE_FORMAT_NO_DIGEST ?
+		"no cryptographic digests" : "a record per page";
+}
+
 /*
  * A store of format 1 holds XXH3 fingerprints only, which a page may not
- * be mapped on unread (store.h). Not upgraded: a digest needs the page,
- * which the store has not. Rebuilt, with one line, whatever rebuild says:
- * it is our own older store, not a foreign or damaged one.
+ * be mapped on unread (store.h); one of format 2 a record per page,
+ * which format 3 replaces by runs and recipes. Neither is converted: a
+ * digest needs the page, and a converted store would be trusted on the
+ * old code's records. Rebuilt, with one line, whatever rebuild says: it
+ * is our own older store, not a foreign or damaged one.
  */
 static int store_rebuild_old(struct store *s)
 {
+	uint32_t format = s->found_format;
 	int ret = store_remove_files(s);
 
+	s->found_format = 0;
 	if (!ret)
 		ret = store_open_env(s, true);
 	if (!ret)
-		fprintf(stderr, "samepagefs: store %s has format %u (no "
-			"cryptographic digests): rebuilt\n", s->dir,
-			STORE_FORMAT_NO_DIGEST);
+		fprintf(stderr, "samepagefs: store %s has format %u (%s): "
+			"rebuilt\n", s->dir, format, store_format_why(format));
 	return ret;
 }
 
@@ -792,7 +943,7 @@ int store_open(const char *dir, uint64_t quota_bytes, bool rebuild,
 		goto out_free;
 
 	ret = store_open_env(s, true);
-	if (ret == -EPROTO && s->found_format == STORE_FORMAT_NO_DIGEST)
+	if (ret == -EPROTO && store_format_old(s->found_format))
 		ret = store_rebuild_old(s);
 	if ((ret == -EBADMSG || ret == -EPROTO) && rebuild) {
 		ret = store_remove_files(s);
@@ -807,10 +958,14 @@ int store_open(const char *dir, uint64_t quota_bytes, bool rebuild,
 		s->readonly = true;
 		s->found_format = 0;
 		ret = store_open_env(s, false);
-		if (ret == -EPROTO && s->found_format == STORE_FORMAT_NO_DIGEST) {
+		if (ret == -EPROTO && store_format_old(s->found_format)) {
 			/* Not to be read, and not ours to rebuild: none. */
-			store_pause(s, err, "format 1 (no cryptographic "
-				    "digests), cannot rebuild it");
+			char what[96];
+
+			snprintf(what, sizeof(what), "format %u (%s), cannot "
+				 "rebuild it", s->found_format,
+				 store_format_why(s->found_format));
+			store_pause(s, err, what);
 			goto out_ok;
 		}
 		if (ret && ret != -ENOENT)

@@ -36,8 +36,9 @@
 
 /* The page size fingerprints are taken over; stored in meta. */
 #define STORE_PAGE_SIZE 4096u
-/* The format before digests: rebuilt, never read (store.h). */
+/* Older formats: rebuilt, never read (store.h). */
 #define STORE_FORMAT_NO_DIGEST 1u
+#define STORE_FORMAT_PER_PAGE 2u
 /* Updates waiting for the writer; puts beyond this get -ENOMEM. Updates
  * that invalidate fingerprints may use twice as much (see store_enqueue). */
 #define STORE_QUEUE_MAX (1u << 20)
@@ -48,26 +49,31 @@
 /* Smallest quota accepted: one full batch of new records must fit. */
 #define STORE_QUOTA_MIN (4ull << 20)
 /* Prune when the live pages pass HIGH percent of the quota (or the map is
- * full at the quota), keeping LOW percent of the pages records. */
+ * full at the quota), keeping LOW percent of the stored digests. */
 #define STORE_PRUNE_HIGH 90u
 #define STORE_PRUNE_LOW 70u
 /* A match refreshes last_used_s at most this often (seconds). */
 #define STORE_TOUCH_S 1
-/* fps.where when the recorded copy was dropped and no other is known. */
-#define STORE_WHERE_NONE UINT64_MAX
+/* The run of all-zero pages (no entries, never stored). */
+#define STORE_RUN_ZERO 0u
 /* Seq of a mask that no commit will lift. */
 #define STORE_SEQ_NEVER UINT64_MAX
 
-enum store_db { SDB_META, SDB_FILES, SDB_PAGES, SDB_FPS, SDB_COUNT };
+enum store_db { SDB_META, SDB_FILES, SDB_RECIPES, SDB_RUNS, SDB_CHUNKS,
+		SDB_COUNT };
 
 /* Keys of the meta database (no terminating NUL is stored). */
 #define STORE_META_FORMAT "format"
 #define STORE_META_PAGE_SIZE "page_size"
 #define STORE_META_NEXT_FID "next_file_id"
+#define STORE_META_NEXT_RUN "next_run_id"
+#define STORE_META_PAGES "pages"
+#define STORE_META_DIGESTS "digests"
 #define STORE_KEYLEN(lit) (sizeof(lit) - 1)
 
 enum store_op_kind {
-	SOP_PUT,          /* id, a = index, fp */
+	SOP_PUT,          /* id, a = index, sha256 (zero: all zeros);
+			   * ref, b = ref index if has_ref */
 	SOP_CHANGED,      /* id = new identity, a = first, b = n */
 	SOP_FORGET,       /* id.dev, id.ino */
 	SOP_FORGET_STALE, /* id: drop the record unless it has this identity */
@@ -76,9 +82,12 @@ enum store_op_kind {
 
 struct store_op {
 	uint32_t kind;
+	uint32_t order;           /* writer: place among the puts it sorts */
+	bool zero, has_ref;
 	struct store_ident id;
 	uint64_t a, b;
-	struct store_fp fp;
+	struct store_ident ref;
+	uint8_t sha256[STORE_SHA256_LEN];
 };
 
 struct store_queue {
@@ -123,7 +132,7 @@ struct store {
 
 	pthread_t writer;
 	bool writer_started;                /* immutable after open */
-	uint64_t prune_mark;                /* writer: pages records when it
+	uint64_t prune_mark;                /* writer: digests stored when it
 					     * last pruned */
 
 	_Atomic uint64_t commits, commit_errors, pruned_pages, queue_full;
@@ -153,6 +162,9 @@ void stxn_begin(struct store *s, struct stxn *t, bool write);
  * after an error; a value of another size is MDB_CORRUPTED. */
 bool stxn_get(struct stxn *t, enum store_db db, const void *key, size_t klen,
 	      void *val, size_t vlen);
+/* The same for a value of up to max bytes; *vlen gets its length. */
+bool stxn_getv(struct stxn *t, enum store_db db, const void *key,
+	       size_t klen, void *val, size_t max, size_t *vlen);
 void stxn_put(struct stxn *t, enum store_db db, const void *key, size_t klen,
 	      const void *val, size_t vlen);
 /* Delete key; a missing key is not an error. */
@@ -162,6 +174,9 @@ void stxn_del(struct stxn *t, enum store_db db, const void *key, size_t klen);
  * klen/vlen bytes. False at the end or after an error. */
 bool stxn_seek(struct stxn *t, enum store_db db, MDB_cursor_op op,
 	       void *key, size_t klen, void *val, size_t vlen);
+/* The same, for the key only (any value size). */
+bool stxn_seek_key(struct stxn *t, enum store_db db, MDB_cursor_op op,
+		   void *key, size_t klen);
 /* Entries of a database (0 after an error). */
 uint64_t stxn_entries(struct stxn *t, enum store_db db);
 /* Bytes of the pages in use by every tree, metas included. */
@@ -179,10 +194,19 @@ struct store_file_rec {
 };
 #define STORE_FILE_KEY 16
 #define STORE_FILE_VAL 40
-#define STORE_PAGE_KEY 16
-#define STORE_PAGE_VAL 48
-#define STORE_FP_KEY STORE_PAGE_VAL     /* a pages value is an fps key */
-#define STORE_FP_VAL 24
+#define STORE_RECIPE_KEY 16
+#define STORE_RECIPE_VAL 24
+#define STORE_RUN_KEY 8
+#define STORE_RUN_VAL 16
+#define STORE_CHUNK_KEY 16
+#define STORE_CHUNK_HDR 8
+#define STORE_GROUP_BYTES (STORE_GROUP * STORE_TAG_LEN + STORE_SHA256_LEN)
+/* Largest chunk value: full groups, or fewer and an open group. */
+#define STORE_CHUNK_MAX (STORE_CHUNK_HDR + \
+	(STORE_CHUNK / STORE_GROUP - 1) * STORE_GROUP_BYTES + \
+	(STORE_GROUP - 1) * STORE_SHA256_LEN)
+_Static_assert(STORE_CHUNK % STORE_GROUP == 0, "whole groups per chunk");
+_Static_assert(STORE_CHUNK_MAX <= 4080, "a chunk fits one overflow page");
 
 static inline void store_be64(uint8_t *p, uint64_t v)
 {
@@ -221,10 +245,31 @@ static inline void store_key2(uint8_t k[16], uint64_t a, uint64_t b)
 void store_file_enc(uint8_t v[STORE_FILE_VAL], const struct store_file_rec *r);
 void store_file_dec(const uint8_t v[STORE_FILE_VAL], struct store_file_rec *r);
 bool store_file_is(const struct store_file_rec *r, const struct store_ident *id);
-/* A fingerprint as a pages value, which is also its fps key. */
-void store_fp_enc(uint8_t v[STORE_PAGE_VAL], const struct store_fp *fp);
-void store_fp_dec(const uint8_t v[STORE_PAGE_VAL], struct store_fp *fp);
-bool store_fp_same(const struct store_fp *a, const struct store_fp *b);
+struct store_recipe {
+	uint64_t first, count, run, off;
+};
+/* The recipe of file fid that covers page idx, or else the first one
+ * after it; false if none (or after an error: a malformed recipe fails
+ * the transaction). The recipes cursor is moved. */
+bool store_recipe_find(struct stxn *t, uint64_t fid, uint64_t idx,
+		       struct store_recipe *r);
+void store_recipe_enc(uint8_t v[STORE_RECIPE_VAL],
+		      const struct store_recipe *r);
+void store_recipe_dec(const uint8_t k[STORE_RECIPE_KEY],
+		      const uint8_t v[STORE_RECIPE_VAL], struct store_recipe *r);
+
+/* A chunk decoded: entries [0, n) of it; tags of entries in whole groups,
+ * the digests of those groups, and the open group's entries whole. */
+struct store_chunk {
+	uint32_t n;
+	uint8_t tag[STORE_CHUNK][STORE_TAG_LEN];
+	uint8_t gdigest[STORE_CHUNK / STORE_GROUP][STORE_SHA256_LEN];
+	uint8_t open[STORE_GROUP][STORE_SHA256_LEN];
+};
+/* Decode a chunk value of len bytes: false if it is malformed. */
+bool store_chunk_dec(const uint8_t *v, size_t len, struct store_chunk *c);
+/* Encode into v (STORE_CHUNK_MAX bytes); returns the length. */
+size_t store_chunk_enc(const struct store_chunk *c, uint8_t *v);
 
 /* ---- store_writer.c ---- */
 

@@ -5,6 +5,7 @@
 #include "store_i.h"
 
 #include <errno.h>
+#include <openssl/evp.h>
 
 int store_errno(int rc)
 {
@@ -179,6 +180,30 @@ bool stxn_get(struct stxn *t, enum store_db db, const void *key, size_t klen,
 	return true;
 }
 
+bool stxn_getv(struct stxn *t, enum store_db db, const void *key,
+	       size_t klen, void *val, size_t max, size_t *vlen)
+{
+	MDB_val k = { klen, (void *)key }, v;
+	int rc;
+
+	if (!stxn_usable(t))
+		return false;
+	rc = mdb_get(t->txn, t->s->dbi[db], &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return false;
+	if (rc) {
+		t->rc = rc;
+		return false;
+	}
+	if (v.mv_size > max) {
+		t->rc = MDB_CORRUPTED;
+		return false;
+	}
+	memcpy(val, v.mv_data, v.mv_size);
+	*vlen = v.mv_size;
+	return true;
+}
+
 void stxn_put(struct stxn *t, enum store_db db, const void *key, size_t klen,
 	      const void *val, size_t vlen)
 {
@@ -233,6 +258,37 @@ bool stxn_seek(struct stxn *t, enum store_db db, MDB_cursor_op op,
 	}
 	memcpy(key, k.mv_data, klen);
 	memcpy(val, v.mv_data, vlen);
+	return true;
+}
+
+bool stxn_seek_key(struct stxn *t, enum store_db db, MDB_cursor_op op,
+		   void *key, size_t klen)
+{
+	MDB_val k = { klen, key }, v;
+	int rc;
+
+	if (!stxn_usable(t))
+		return false;
+	if (!t->cur[db]) {
+		rc = mdb_cursor_open(t->txn, t->s->dbi[db], &t->cur[db]);
+		if (rc) {
+			t->cur[db] = NULL;
+			t->rc = rc;
+			return false;
+		}
+	}
+	rc = mdb_cursor_get(t->cur[db], &k, &v, op);
+	if (rc == MDB_NOTFOUND)
+		return false;
+	if (rc) {
+		t->rc = rc;
+		return false;
+	}
+	if (k.mv_size != klen) {
+		t->rc = MDB_CORRUPTED;
+		return false;
+	}
+	memcpy(key, k.mv_data, klen);
 	return true;
 }
 
@@ -301,21 +357,121 @@ bool store_file_is(const struct store_file_rec *r, const struct store_ident *id)
 	       r->ctime_ns == id->ctime_ns;
 }
 
-void store_fp_enc(uint8_t v[STORE_PAGE_VAL], const struct store_fp *fp)
+bool store_recipe_find(struct stxn *t, uint64_t fid, uint64_t idx,
+		       struct store_recipe *r)
 {
-	store_key2(v, fp->lo, fp->hi);
-	memcpy(v + 16, fp->sha256, STORE_SHA256_LEN);
+	uint8_t k[STORE_RECIPE_KEY], v[STORE_RECIPE_VAL];
+	bool found;
+
+	store_key2(k, fid, idx);
+	found = stxn_seek(t, SDB_RECIPES, MDB_SET_RANGE, k, sizeof(k), v,
+			  sizeof(v));
+	if (!found || store_get64(k) != fid || store_get64(k + 8) != idx) {
+		/* The one before may reach over idx. */
+		if (t->rc)
+			return false;
+		if (stxn_seek(t, SDB_RECIPES, found ? MDB_PREV : MDB_LAST, k,
+			      sizeof(k), v, sizeof(v)) &&
+		    store_get64(k) == fid) {
+			store_recipe_dec(k, v, r);
+			if (!r->count || r->first + r->count < r->first ||
+			    r->first >= idx) {
+				stxn_fail(t, MDB_CORRUPTED);
+				return false;
+			}
+			if (idx - r->first < r->count)
+				return true;
+		}
+		if (t->rc || !found)
+			return false;
+		store_key2(k, fid, idx);
+		if (!stxn_seek(t, SDB_RECIPES, MDB_SET_RANGE, k, sizeof(k), v,
+			       sizeof(v)) || store_get64(k) != fid)
+			return false;
+	}
+	store_recipe_dec(k, v, r);
+	if (!r->count || r->first + r->count < r->first || r->first < idx) {
+		stxn_fail(t, MDB_CORRUPTED);
+		return false;
+	}
+	return true;
 }
 
-void store_fp_dec(const uint8_t v[STORE_PAGE_VAL], struct store_fp *fp)
+void store_recipe_enc(uint8_t v[STORE_RECIPE_VAL],
+		      const struct store_recipe *r)
 {
-	fp->lo = store_get64(v);
-	fp->hi = store_get64(v + 8);
-	memcpy(fp->sha256, v + 16, STORE_SHA256_LEN);
+	store_be64(v, r->count);
+	store_be64(v + 8, r->run);
+	store_be64(v + 16, r->off);
 }
 
-bool store_fp_same(const struct store_fp *a, const struct store_fp *b)
+void store_recipe_dec(const uint8_t k[STORE_RECIPE_KEY],
+		      const uint8_t v[STORE_RECIPE_VAL], struct store_recipe *r)
 {
-	return a->lo == b->lo && a->hi == b->hi &&
-	       !memcmp(a->sha256, b->sha256, STORE_SHA256_LEN);
+	r->first = store_get64(k + 8);
+	r->count = store_get64(v);
+	r->run = store_get64(v + 8);
+	r->off = store_get64(v + 16);
+}
+
+bool store_chunk_dec(const uint8_t *v, size_t len, struct store_chunk *c)
+{
+	uint32_t n, groups, open;
+	const uint8_t *p = v + STORE_CHUNK_HDR;
+
+	if (len < STORE_CHUNK_HDR)
+		return false;
+	n = store_get32(v);
+	if (n == 0 || n > STORE_CHUNK || store_get32(v + 4))
+		return false;
+	groups = n / STORE_GROUP;
+	open = n % STORE_GROUP;
+	if (len != STORE_CHUNK_HDR + (size_t)groups * STORE_GROUP_BYTES +
+		   (size_t)open * STORE_SHA256_LEN)
+		return false;
+	c->n = n;
+	for (uint32_t g = 0; g < groups; g++) {
+		memcpy(c->tag[g * STORE_GROUP], p,
+		       STORE_GROUP * STORE_TAG_LEN);
+		p += STORE_GROUP * STORE_TAG_LEN;
+		memcpy(c->gdigest[g], p, STORE_SHA256_LEN);
+		p += STORE_SHA256_LEN;
+	}
+	for (uint32_t i = 0; i < open; i++) {
+		memcpy(c->open[i], p, STORE_SHA256_LEN);
+		memcpy(c->tag[groups * STORE_GROUP + i], p, STORE_TAG_LEN);
+		p += STORE_SHA256_LEN;
+	}
+	return true;
+}
+
+size_t store_chunk_enc(const struct store_chunk *c, uint8_t *v)
+{
+	uint32_t groups = c->n / STORE_GROUP, open = c->n % STORE_GROUP;
+	uint8_t *p = v + STORE_CHUNK_HDR;
+
+	store_be32(v, c->n);
+	store_be32(v + 4, 0);
+	for (uint32_t g = 0; g < groups; g++) {
+		memcpy(p, c->tag[g * STORE_GROUP], STORE_GROUP * STORE_TAG_LEN);
+		p += STORE_GROUP * STORE_TAG_LEN;
+		memcpy(p, c->gdigest[g], STORE_SHA256_LEN);
+		p += STORE_SHA256_LEN;
+	}
+	for (uint32_t i = 0; i < open; i++) {
+		memcpy(p, c->open[i], STORE_SHA256_LEN);
+		p += STORE_SHA256_LEN;
+	}
+	return (size_t)(p - v);
+}
+
+int store_group_digest(const uint8_t members[STORE_GROUP][STORE_SHA256_LEN],
+		       uint8_t out[STORE_SHA256_LEN])
+{
+	unsigned len = 0;
+
+	if (!EVP_Digest(members, (size_t)STORE_GROUP * STORE_SHA256_LEN, out,
+			&len, EVP_sha256(), NULL) || len != STORE_SHA256_LEN)
+		return -EIO;
+	return 0;
 }

@@ -3,14 +3,19 @@
  * writer). It takes the queue in one swap, applies it in transactions of
  * at most STORE_BATCH updates, and keeps the store inside its quota.
  *
+ * Puts between two other updates are applied sorted: the pages that
+ * bring their own digest first, then those that point at another page,
+ * each file's in page order. So a run grows in page order, a reference
+ * is recorded before the pages that point at it, and a copy's recipe is
+ * extended page by page rather than split.
+ *
  * A full map is grown (doubled, up to the quota) and the batch retried.
  * At the quota (or when the live pages pass STORE_PRUNE_HIGH% of it) the
- * fingerprints least likely to pay are pruned: pages whose content no
- * other page shares (refs == 1), from the files used longest ago; then
- * whole files, oldest first. If a batch still does not fit, it is split;
- * if one update does not, the store is emptied: it is a cache of hashes,
- * worth less than a working mount. Any other failure pauses persistence
- * (store_pause).
+ * digests least likely to pay are pruned: runs no other file points into,
+ * from the files used longest ago; then whole files, oldest first. If a
+ * batch still does not fit, it is split; if one update does not, the
+ * store is emptied: it is a cache of hashes, worth less than a working
+ * mount. Any other failure pauses persistence (store_pause).
  *
  * Copy-on-write needs room for a batch's new copy of every page it
  * touches next to the old one (and LMDB reuses a freed page only two
@@ -18,17 +23,18 @@
  * pages reach STORE_PRUNE_HIGH% of the quota: the MAP_FULL path is the
  * common one there.
  *
- * Refcounts: fps.refs counts the pages records holding that fingerprint.
- * Every path that adds, replaces or deletes a pages record goes through
- * page_set() or page_drop(), which keep refs in step in the same
- * transaction.
+ * Counts: runs.refs counts the recipes pointing into the run, and a run
+ * goes (its chunks with it) when the last one does. meta's "pages" and
+ * "digests" follow every recipe and run change in the same transaction.
+ * Every path that changes a recipe goes through map_set(), map_unset()
+ * or drop_range(), which keep them in step.
  */
 #include "store_i.h"
 
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -39,24 +45,44 @@ struct wctx {
 	struct stxn t;
 	uint64_t now_s;
 	uint64_t next_fid;          /* 0: not read from meta yet */
-	bool fid_dirty;
+	uint64_t next_run;          /* 0: not read from meta yet */
+	bool fid_dirty, run_dirty;
+	int64_t pages, digests;     /* changes of the meta counts */
+	uint64_t freed;             /* digests of runs dropped */
+	/* The chunk being appended to, decoded (ch_run 0: none). */
+	uint64_t ch_run, ch_no;
+	bool ch_dirty;
+	struct store_chunk ch;
 };
 
 static void wctx_begin(struct store *s, struct wctx *w)
 {
-	memset(w, 0, sizeof(*w));
+	memset(w, 0, offsetof(struct wctx, ch));
 	w->now_s = (uint64_t)time(NULL);
 	stxn_begin(s, &w->t, true);
 }
 
-static uint64_t wctx_new_fid(struct wctx *w)
+static uint64_t meta_get(struct wctx *w, const char *key)
 {
 	uint8_t v[8];
 
+	if (!stxn_get(&w->t, SDB_META, key, strlen(key), v, sizeof(v)))
+		return 0;
+	return store_get64(v);
+}
+
+static void meta_put(struct wctx *w, const char *key, uint64_t val)
+{
+	uint8_t v[8];
+
+	store_be64(v, val);
+	stxn_put(&w->t, SDB_META, key, strlen(key), v, sizeof(v));
+}
+
+static uint64_t wctx_new_fid(struct wctx *w)
+{
 	if (!w->next_fid) {
-		if (stxn_get(&w->t, SDB_META, STORE_META_NEXT_FID,
-			     STORE_KEYLEN(STORE_META_NEXT_FID), v, sizeof(v)))
-			w->next_fid = store_get64(v);
+		w->next_fid = meta_get(w, STORE_META_NEXT_FID);
 		if (!w->next_fid)
 			w->next_fid = 1;        /* fid 0 means "none" */
 	}
@@ -64,118 +90,297 @@ static uint64_t wctx_new_fid(struct wctx *w)
 	return w->next_fid++;
 }
 
+static void chunk_flush(struct wctx *w)
+{
+	uint8_t k[STORE_CHUNK_KEY], v[STORE_CHUNK_MAX];
+	size_t len;
+
+	if (!w->ch_run || !w->ch_dirty)
+		return;
+	len = store_chunk_enc(&w->ch, v);
+	store_key2(k, w->ch_run, w->ch_no);
+	stxn_put(&w->t, SDB_CHUNKS, k, sizeof(k), v, len);
+	w->ch_dirty = false;
+}
+
 static int wctx_commit(struct wctx *w)
 {
-	uint8_t v[8];
-
-	if (w->fid_dirty) {
-		store_be64(v, w->next_fid);
-		stxn_put(&w->t, SDB_META, STORE_META_NEXT_FID,
-			 STORE_KEYLEN(STORE_META_NEXT_FID), v, sizeof(v));
-	}
+	chunk_flush(w);
+	if (w->fid_dirty)
+		meta_put(w, STORE_META_NEXT_FID, w->next_fid);
+	if (w->run_dirty)
+		meta_put(w, STORE_META_NEXT_RUN, w->next_run);
+	if (w->pages)
+		meta_put(w, STORE_META_PAGES,
+			 meta_get(w, STORE_META_PAGES) + (uint64_t)w->pages);
+	if (w->digests)
+		meta_put(w, STORE_META_DIGESTS,
+			 meta_get(w, STORE_META_DIGESTS) +
+			 (uint64_t)w->digests);
 	return stxn_commit(&w->t);
 }
 
-/* ---- records ---- */
+/* ---- runs ---- */
 
-static void fps_ref(struct wctx *w, const struct store_fp *fp, uint64_t fid,
-		    uint64_t index)
+static bool run_get(struct wctx *w, uint64_t run, uint64_t *len,
+		    uint64_t *refs)
 {
-	uint8_t k[STORE_FP_KEY], v[STORE_FP_VAL];
+	uint8_t k[STORE_RUN_KEY], v[STORE_RUN_VAL];
 
-	store_fp_enc(k, fp);
-	if (stxn_get(&w->t, SDB_FPS, k, sizeof(k), v, sizeof(v))) {
-		store_be64(v, store_get64(v) + 1);
-		if (store_get64(v + 8) == STORE_WHERE_NONE)
-			store_key2(v + 8, fid, index);
+	store_be64(k, run);
+	if (!stxn_get(&w->t, SDB_RUNS, k, sizeof(k), v, sizeof(v)))
+		return false;
+	*len = store_get64(v);
+	*refs = store_get64(v + 8);
+	return true;
+}
+
+static void run_put(struct wctx *w, uint64_t run, uint64_t len,
+		    uint64_t refs)
+{
+	uint8_t k[STORE_RUN_KEY], v[STORE_RUN_VAL];
+
+	store_be64(k, run);
+	store_be64(v, len);
+	store_be64(v + 8, refs);
+	stxn_put(&w->t, SDB_RUNS, k, sizeof(k), v, sizeof(v));
+}
+
+static uint64_t run_new(struct wctx *w)
+{
+	if (!w->next_run) {
+		w->next_run = meta_get(w, STORE_META_NEXT_RUN);
+		if (w->next_run <= STORE_RUN_ZERO)
+			w->next_run = STORE_RUN_ZERO + 1;
+	}
+	w->run_dirty = true;
+	run_put(w, w->next_run, 0, 0);
+	return w->next_run++;
+}
+
+/* Drop run with its chunks. */
+static void run_delete(struct wctx *w, uint64_t run, uint64_t len)
+{
+	uint8_t k[STORE_CHUNK_KEY], rk[STORE_RUN_KEY];
+
+	if (w->ch_run == run)
+		w->ch_run = 0;          /* its changes go with it */
+	for (uint64_t c = 0; c * STORE_CHUNK < len && !w->t.rc; c++) {
+		store_key2(k, run, c);
+		stxn_del(&w->t, SDB_CHUNKS, k, sizeof(k));
+	}
+	store_be64(rk, run);
+	stxn_del(&w->t, SDB_RUNS, rk, sizeof(rk));
+	w->digests -= (int64_t)len;
+	w->freed += len;
+}
+
+static void run_ref(struct wctx *w, uint64_t run, int delta)
+{
+	uint64_t len, refs;
+
+	if (run == STORE_RUN_ZERO)
+		return;
+	if (!run_get(w, run, &len, &refs)) {
+		stxn_fail(&w->t, MDB_CORRUPTED);
+		return;
+	}
+	if (delta < 0 && refs <= 1) {
+		run_delete(w, run, len);
+		return;
+	}
+	run_put(w, run, len, delta < 0 ? refs - 1 : refs + 1);
+}
+
+/* Chunk c of run into w->ch (a new, empty one if create and absent). */
+static bool chunk_load(struct wctx *w, uint64_t run, uint64_t c, bool create)
+{
+	uint8_t k[STORE_CHUNK_KEY], v[STORE_CHUNK_MAX];
+	size_t len;
+
+	if (w->ch_run == run && w->ch_no == c)
+		return true;
+	chunk_flush(w);
+	w->ch_run = 0;
+	store_key2(k, run, c);
+	if (stxn_getv(&w->t, SDB_CHUNKS, k, sizeof(k), v, sizeof(v), &len)) {
+		if (!store_chunk_dec(v, len, &w->ch)) {
+			stxn_fail(&w->t, MDB_CORRUPTED);
+			return false;
+		}
+	} else if (create && !w->t.rc) {
+		w->ch.n = 0;
 	} else {
-		store_be64(v, 1);
-		store_key2(v + 8, fid, index);
+		if (!w->t.rc)
+			stxn_fail(&w->t, MDB_CORRUPTED);
+		return false;
 	}
-	stxn_put(&w->t, SDB_FPS, k, sizeof(k), v, sizeof(v));
+	w->ch_run = run;
+	w->ch_no = c;
+	return true;
 }
 
-static void fps_unref(struct wctx *w, const struct store_fp *fp, uint64_t fid,
-		      uint64_t index)
+/* Does entry off of run hold sha256? With a whole group, only its tag
+ * can be compared: enough to tell a record is still the one made for
+ * the same page at the same identity (full false), never to point a
+ * page at it (full true: only whole digests). */
+static bool entry_is(struct wctx *w, uint64_t run, uint64_t off,
+		     const uint8_t *sha256, bool full)
 {
-	uint8_t k[STORE_FP_KEY], v[STORE_FP_VAL];
-	uint64_t refs;
+	uint32_t e = (uint32_t)(off % STORE_CHUNK);
 
-	store_fp_enc(k, fp);
-	if (!stxn_get(&w->t, SDB_FPS, k, sizeof(k), v, sizeof(v)))
-		return;
-	refs = store_get64(v);
-	if (refs <= 1) {
-		stxn_del(&w->t, SDB_FPS, k, sizeof(k));
-		return;
-	}
-	store_be64(v, refs - 1);
-	if (store_get64(v + 8) == fid && store_get64(v + 16) == index) {
-		store_be64(v + 8, STORE_WHERE_NONE);
-		store_be64(v + 16, STORE_WHERE_NONE);
-	}
-	stxn_put(&w->t, SDB_FPS, k, sizeof(k), v, sizeof(v));
+	if (!chunk_load(w, run, off / STORE_CHUNK, false) || e >= w->ch.n)
+		return false;
+	if (e < w->ch.n / STORE_GROUP * STORE_GROUP)
+		return !full && !memcmp(w->ch.tag[e], sha256, STORE_TAG_LEN);
+	return !memcmp(w->ch.open[e % STORE_GROUP], sha256, STORE_SHA256_LEN);
 }
 
-static void page_set(struct wctx *w, uint64_t fid, uint64_t index,
-		     const struct store_fp *fp)
+/* Append sha256 to run (whose length is len); a group once whole gets
+ * its digest. */
+static void run_append(struct wctx *w, uint64_t run, uint64_t len,
+		       uint64_t refs, const uint8_t *sha256)
 {
-	uint8_t k[STORE_PAGE_KEY], v[STORE_PAGE_VAL];
-	struct store_fp old;
+	uint32_t e = (uint32_t)(len % STORE_CHUNK), g;
 
-	store_key2(k, fid, index);
-	if (stxn_get(&w->t, SDB_PAGES, k, sizeof(k), v, sizeof(v))) {
-		store_fp_dec(v, &old);
-		if (store_fp_same(&old, fp))
-			return;
-		fps_unref(w, &old, fid, index);
+	if (!chunk_load(w, run, len / STORE_CHUNK, e == 0))
+		return;
+	if (w->ch.n != e) {
+		stxn_fail(&w->t, MDB_CORRUPTED);
+		return;
 	}
-	store_fp_enc(v, fp);
-	stxn_put(&w->t, SDB_PAGES, k, sizeof(k), v, sizeof(v));
-	fps_ref(w, fp, fid, index);
+	memcpy(w->ch.tag[e], sha256, STORE_TAG_LEN);
+	memcpy(w->ch.open[e % STORE_GROUP], sha256, STORE_SHA256_LEN);
+	w->ch.n++;
+	w->ch_dirty = true;
+	if (w->ch.n % STORE_GROUP == 0) {
+		g = e / STORE_GROUP;
+		if (store_group_digest((const uint8_t (*)[STORE_SHA256_LEN])
+				       w->ch.open, w->ch.gdigest[g]))
+			stxn_fail(&w->t, EIO);
+	}
+	run_put(w, run, len + 1, refs);
+	w->digests++;
+}
+
+/* ---- recipes ---- */
+
+static void recipe_put(struct wctx *w, uint64_t fid,
+		       const struct store_recipe *r)
+{
+	uint8_t k[STORE_RECIPE_KEY], v[STORE_RECIPE_VAL];
+
+	store_key2(k, fid, r->first);
+	store_recipe_enc(v, r);
+	stxn_put(&w->t, SDB_RECIPES, k, sizeof(k), v, sizeof(v));
+}
+
+static void recipe_del(struct wctx *w, uint64_t fid, uint64_t first)
+{
+	uint8_t k[STORE_RECIPE_KEY];
+
+	store_key2(k, fid, first);
+	stxn_del(&w->t, SDB_RECIPES, k, sizeof(k));
+}
+
+/* The recipe covering page idx of fid, if any. */
+static bool recipe_at(struct wctx *w, uint64_t fid, uint64_t idx,
+		      struct store_recipe *r)
+{
+	return store_recipe_find(&w->t, fid, idx, r) && r->first <= idx;
+}
+
+/* Does b continue a (b's pages right after a's, at the entries after)? */
+static bool recipe_continues(const struct store_recipe *a,
+			     const struct store_recipe *b)
+{
+	if (a->first + a->count != b->first || a->run != b->run)
+		return false;
+	return a->run == STORE_RUN_ZERO || a->off + a->count == b->off;
 }
 
 /*
- * Drop up to limit pages of fid in [*from, end); *from moves past the
- * last one dropped, to end when none is left. Re-seeking after each
- * delete keeps this independent of how LMDB moves a cursor under a delete.
+ * Drop the pages [first, end) of fid from its recipes; returns how many
+ * were described. limit: recipes to touch at most (for pruning steps);
+ * *next is where to go on from.
  */
-static uint64_t page_drop_some(struct wctx *w, uint64_t fid, uint64_t *from,
-			       uint64_t end, uint64_t limit)
+static uint64_t drop_some(struct wctx *w, uint64_t fid, uint64_t first,
+			  uint64_t end, uint64_t limit, uint64_t *next)
 {
-	uint8_t k[STORE_PAGE_KEY], v[STORE_PAGE_VAL];
-	struct store_fp fp;
-	uint64_t index, n = 0;
+	struct store_recipe r, rest;
+	uint64_t at = first, n = 0, touched = 0, lo, hi;
 
-	store_key2(k, fid, *from);
-	while (*from < end && n < limit &&
-	       stxn_seek(&w->t, SDB_PAGES, MDB_SET_RANGE, k, sizeof(k), v,
-			 sizeof(v))) {
-		index = store_get64(k + 8);
-		if (store_get64(k) != fid || index >= end)
-			break;
-		if (index < *from) {
-			/* Below what we asked for: a misordered tree. */
-			stxn_fail(&w->t, MDB_CORRUPTED);
-			break;
+	while (at < end && touched < limit &&
+	       store_recipe_find(&w->t, fid, at, &r) && r.first < end) {
+		lo = r.first > first ? r.first : first;
+		hi = r.first + r.count < end ? r.first + r.count : end;
+		recipe_del(w, fid, r.first);
+		if (r.first < lo) {
+			rest = r;
+			rest.count = lo - r.first;
+			recipe_put(w, fid, &rest);
+			run_ref(w, r.run, +1);
 		}
-		store_fp_dec(v, &fp);
-		fps_unref(w, &fp, fid, index);
-		stxn_del(&w->t, SDB_PAGES, k, sizeof(k));
-		n++;
-		*from = index == UINT64_MAX ? end : index + 1;
-		store_key2(k, fid, *from);
+		if (hi < r.first + r.count) {
+			rest = r;
+			rest.first = hi;
+			rest.count = r.first + r.count - hi;
+			if (r.run != STORE_RUN_ZERO)
+				rest.off = r.off + (hi - r.first);
+			recipe_put(w, fid, &rest);
+			run_ref(w, r.run, +1);
+		}
+		run_ref(w, r.run, -1);
+		n += hi - lo;
+		touched++;
+		at = hi;
+		if (!hi)
+			break;
 	}
-	if (n < limit)
-		*from = end;
+	w->pages -= (int64_t)n;
+	if (next)
+		*next = touched < limit ? end : at;
 	return n;
 }
 
-static uint64_t page_drop(struct wctx *w, uint64_t fid, uint64_t first,
-			  uint64_t end)
+static uint64_t drop_range(struct wctx *w, uint64_t fid, uint64_t first,
+			   uint64_t end)
 {
-	return page_drop_some(w, fid, &first, end, UINT64_MAX);
+	return drop_some(w, fid, first, end, UINT64_MAX, NULL);
 }
+
+/* Point page idx of fid (described by no recipe) at entry off of run. */
+static void map_set(struct wctx *w, uint64_t fid, uint64_t idx, uint64_t run,
+		    uint64_t off)
+{
+	struct store_recipe me = { idx, 1, run, off }, prev, next;
+	bool has_prev, has_next;
+
+	has_prev = idx > 0 && recipe_at(w, fid, idx - 1, &prev) &&
+		   recipe_continues(&prev, &me);
+	has_next = idx < UINT64_MAX &&
+		   recipe_at(w, fid, idx + 1, &next) && next.first == idx + 1 &&
+		   recipe_continues(&me, &next);
+	if (has_prev) {
+		prev.count++;
+		if (has_next) {
+			prev.count += next.count;
+			recipe_del(w, fid, next.first);
+			run_ref(w, run, -1);
+		}
+		recipe_put(w, fid, &prev);
+	} else if (has_next) {
+		recipe_del(w, fid, next.first);
+		me.count += next.count;
+		recipe_put(w, fid, &me);
+	} else {
+		recipe_put(w, fid, &me);
+		run_ref(w, run, +1);
+	}
+	w->pages++;
+}
+
+/* ---- files ---- */
 
 static bool file_get(struct wctx *w, uint64_t dev, uint64_t ino,
 		     struct store_file_rec *r)
@@ -206,7 +411,7 @@ static uint64_t file_forget(struct wctx *w, uint64_t dev, uint64_t ino,
 			    const struct store_file_rec *r)
 {
 	uint8_t k[STORE_FILE_KEY];
-	uint64_t n = page_drop(w, r->fid, 0, UINT64_MAX);
+	uint64_t n = drop_range(w, r->fid, 0, UINT64_MAX);
 
 	store_key2(k, dev, ino);
 	stxn_del(&w->t, SDB_FILES, k, sizeof(k));
@@ -215,23 +420,83 @@ static uint64_t file_forget(struct wctx *w, uint64_t dev, uint64_t ino,
 
 /* ---- applying queued updates ---- */
 
+/* Where the page a put names as holding the same content is recorded:
+ * false if its file is not recorded at that identity, or the page not. */
+static bool ref_entry(struct wctx *w, const struct store_op *op,
+		      uint64_t *run, uint64_t *off)
+{
+	struct store_file_rec rr;
+	struct store_recipe r;
+
+	if (!op->has_ref || !file_get(w, op->ref.dev, op->ref.ino, &rr) ||
+	    !store_file_is(&rr, &op->ref) || !recipe_at(w, rr.fid, op->b, &r))
+		return false;
+	*run = r.run;
+	*off = r.run == STORE_RUN_ZERO ? 0 : r.off + (op->b - r.first);
+	return true;
+}
+
 static void apply_put(struct wctx *w, const struct store_op *op)
 {
+	uint64_t i = op->a, run = 0, off = 0, len, refs;
+	struct store_recipe cur, prev;
 	struct store_file_rec r;
+	bool target;
 
 	if (!file_get(w, op->id.dev, op->id.ino, &r)) {
 		r.fid = wctx_new_fid(w);
 		r.last_used_s = w->now_s;
 		file_put(w, &op->id, &r);
 	} else if (!store_file_is(&r, &op->id)) {
-		/* Changed outside the mount: the old fingerprints are
-		 * worthless. The id stays, so no holder of it can see
-		 * another file's pages. */
-		page_drop(w, r.fid, 0, UINT64_MAX);
+		/* Changed outside the mount: the old records are worthless.
+		 * The id stays, so no holder of it can see another file's
+		 * pages. */
+		drop_range(w, r.fid, 0, UINT64_MAX);
 		r.last_used_s = w->now_s;
 		file_put(w, &op->id, &r);
 	}
-	page_set(w, r.fid, op->a, &op->fp);
+	if (op->zero) {
+		target = true;
+		run = STORE_RUN_ZERO;
+	} else {
+		target = ref_entry(w, op, &run, &off);
+	}
+	if (recipe_at(w, r.fid, i, &cur)) {
+		uint64_t at = cur.run == STORE_RUN_ZERO ? 0 :
+			      cur.off + (i - cur.first);
+
+		/* Put again (a mapper was busy, a frame recorded twice):
+		 * nothing to do. */
+		if (target ? cur.run == run && at == off :
+		    cur.run != STORE_RUN_ZERO &&
+		    entry_is(w, cur.run, at, op->sha256, false))
+			return;
+		drop_range(w, r.fid, i, i + 1);
+	}
+	if (!target && i > 0 && recipe_at(w, r.fid, i - 1, &prev) &&
+	    prev.run != STORE_RUN_ZERO &&
+	    run_get(w, prev.run, &len, &refs)) {
+		/* Next to the previous page's entry, if that is where the
+		 * run ends or already holds this digest. */
+		uint64_t p = prev.off + (i - 1 - prev.first) + 1;
+
+		if (p == len) {
+			run_append(w, prev.run, len, refs, op->sha256);
+			target = true;
+		} else if (p < len && entry_is(w, prev.run, p, op->sha256,
+					       true)) {
+			target = true;
+		}
+		run = prev.run;
+		off = p;
+	}
+	if (!target) {
+		run = run_new(w);
+		run_append(w, run, 0, 0, op->sha256);
+		off = 0;
+	}
+	if (!w->t.rc)
+		map_set(w, r.fid, i, run, off);
 }
 
 static void apply_changed(struct wctx *w, const struct store_op *op)
@@ -243,9 +508,9 @@ static void apply_changed(struct wctx *w, const struct store_op *op)
 
 	if (!file_get(w, op->id.dev, op->id.ino, &r))
 		return;
-	page_drop(w, r.fid, op->a, end);
+	drop_range(w, r.fid, op->a, end);
 	/* Pages past the new end of the file are gone as well. */
-	page_drop(w, r.fid, tail, UINT64_MAX);
+	drop_range(w, r.fid, tail, UINT64_MAX);
 	r.last_used_s = w->now_s;
 	file_put(w, &op->id, &r);
 }
@@ -347,25 +612,44 @@ static struct prune_file *prune_list(struct store *s, size_t *count)
 enum prune_result { PRUNE_DONE, PRUNE_MORE, PRUNE_FAILED };
 
 /*
- * Pruning runs in steps of at most STORE_PRUNE_STEP deletions, each its
+ * Pruning runs in steps of at most STORE_PRUNE_STEP recipes, each its
  * own transaction: a delete copies the pages it touches, and with the map
  * full a large step would not fit. A step that does not fit is retried at
- * half the size, down to one deletion.
+ * half the size, down to one recipe. What it counts is records: digests
+ * of the runs dropped and recipes.
  */
 #define STORE_PRUNE_STEP 512u
 
 struct pruner {
 	struct store *s;
-	uint64_t goal;          /* pages records to drop */
+	uint64_t goal;          /* records to drop */
 	uint64_t done;
 	uint64_t step;
 };
 
+/* Records in the store, as pruning counts them. */
+static uint64_t prune_records(struct store *s)
+{
+	uint8_t v[8];
+	uint64_t n = 0;
+	struct stxn t;
+
+	stxn_begin(s, &t, false);
+	if (stxn_get(&t, SDB_META, STORE_META_DIGESTS,
+		     STORE_KEYLEN(STORE_META_DIGESTS), v, sizeof(v)))
+		n = store_get64(v);
+	n += stxn_entries(&t, SDB_RECIPES);
+	stxn_abort(&t);
+	return n;
+}
+
 /* Commit a step and say whether enough is dropped; *retry when the step
  * should be tried again smaller. */
 static enum prune_result prune_commit(struct pruner *p, struct wctx *w,
-				      uint64_t n, bool *retry)
+				      uint64_t recipes, bool *retry)
 {
+	uint64_t n = w->freed + recipes;
+
 	*retry = false;
 	if (wctx_commit(w)) {
 		if (w->t.rc == MDB_MAP_FULL && p->step > 1) {
@@ -376,18 +660,18 @@ static enum prune_result prune_commit(struct pruner *p, struct wctx *w,
 		return PRUNE_FAILED;
 	}
 	atomic_fetch_add(&p->s->commits, 1);
-	atomic_fetch_add(&p->s->pruned_pages, n);
+	atomic_fetch_add(&p->s->pruned_pages, w->freed);
 	p->done += n;
 	return p->done >= p->goal ? PRUNE_DONE : PRUNE_MORE;
 }
 
-/* Drop the pages of fid that share their content with no other page. */
-static enum prune_result prune_unique(struct pruner *p, uint64_t fid)
+/* Drop the recipes of fid into runs no other recipe points into: their
+ * digests go with them, and no other file loses anything. */
+static enum prune_result prune_sole(struct pruner *p, uint64_t fid)
 {
-	uint8_t k[STORE_PAGE_KEY], v[STORE_PAGE_VAL];
-	uint8_t fk[STORE_FP_KEY], fv[STORE_FP_VAL];
 	enum prune_result res;
-	uint64_t index, next = 0, from, n;
+	struct store_recipe r;
+	uint64_t next = 0, from, n, len, refs;
 	bool more = true, retry;
 	struct wctx w;
 
@@ -396,28 +680,16 @@ static enum prune_result prune_unique(struct pruner *p, uint64_t fid)
 		n = 0;
 		from = next;
 		wctx_begin(p->s, &w);
-		store_key2(k, fid, next);
-		while (stxn_seek(&w.t, SDB_PAGES, MDB_SET_RANGE, k, sizeof(k),
-				 v, sizeof(v))) {
-			index = store_get64(k + 8);
-			if (store_get64(k) != fid)
-				break;
-			if (index < next) {
-				stxn_fail(&w.t, MDB_CORRUPTED);
-				break;
-			}
-			memcpy(fk, v, sizeof(fk));      /* same encoding */
-			if (stxn_get(&w.t, SDB_FPS, fk, sizeof(fk), fv,
-				     sizeof(fv)) && store_get64(fv) <= 1) {
-				stxn_del(&w.t, SDB_FPS, fk, sizeof(fk));
-				stxn_del(&w.t, SDB_PAGES, k, sizeof(k));
+		while (store_recipe_find(&w.t, fid, next, &r)) {
+			next = r.first + r.count;
+			if (r.run != STORE_RUN_ZERO &&
+			    run_get(&w, r.run, &len, &refs) && refs <= 1) {
+				drop_range(&w, fid, r.first, next);
 				n++;
 			}
-			if (index == UINT64_MAX)
-				break;
-			next = index + 1;
-			store_key2(k, fid, next);
-			if (n >= p->step || p->done + n >= p->goal) {
+			if (!next)
+				break;          /* the last page */
+			if (n >= p->step || p->done + w.freed + n >= p->goal) {
 				more = true;
 				break;
 			}
@@ -434,7 +706,7 @@ static enum prune_result prune_unique(struct pruner *p, uint64_t fid)
 	return PRUNE_MORE;
 }
 
-/* Drop a whole file, its pages first. */
+/* Drop a whole file, its recipes first. */
 static enum prune_result prune_whole(struct pruner *p,
 				     const struct prune_file *f)
 {
@@ -447,14 +719,12 @@ static enum prune_result prune_whole(struct pruner *p,
 	for (;;) {
 		from = next;
 		wctx_begin(p->s, &w);
-		n = page_drop_some(&w, f->fid, &next, UINT64_MAX,
-				   p->step < p->goal - p->done ?
-				   p->step : p->goal - p->done);
+		n = drop_some(&w, f->fid, next, UINT64_MAX, p->step, &next);
 		if (next == UINT64_MAX) {
 			store_key2(k, f->dev, f->ino);
 			stxn_del(&w.t, SDB_FILES, k, sizeof(k));
 		}
-		res = prune_commit(p, &w, n, &retry);
+		res = prune_commit(p, &w, n ? 1 : 0, &retry);
 		if (retry) {
 			next = from;
 			continue;
@@ -465,26 +735,21 @@ static enum prune_result prune_whole(struct pruner *p,
 }
 
 /*
- * Drop (100 - STORE_PRUNE_LOW)% of the pages records, least useful first.
- * Counted in records, not bytes: LMDB does not compact, so deleting
- * records scattered over the fingerprint tree frees few whole pages; it
- * leaves room inside them, which is what the next records fill.
+ * Drop (100 - STORE_PRUNE_LOW)% of the records, least useful first:
+ * digests of runs only files used long ago point into, then whole files.
  */
 static void store_prune(struct store *s)
 {
 	struct pruner p = { s, 0, 0, STORE_PRUNE_STEP };
 	enum prune_result res = PRUNE_MORE;
 	struct prune_file *files;
-	struct stxn t;
 	size_t n, i;
 
-	stxn_begin(s, &t, false);
-	s->prune_mark = stxn_entries(&t, SDB_PAGES);
-	stxn_abort(&t);
+	s->prune_mark = prune_records(s);
 	p.goal = s->prune_mark / 100 * (100 - STORE_PRUNE_LOW) + 1;
 	files = prune_list(s, &n);
 	for (i = 0; i < n && res == PRUNE_MORE; i++)
-		res = prune_unique(&p, files[i].fid);
+		res = prune_sole(&p, files[i].fid);
 	for (i = 0; i < n && res == PRUNE_MORE; i++)
 		res = prune_whole(&p, &files[i]);
 	free(files);
@@ -493,22 +758,25 @@ static void store_prune(struct store *s)
 /* Last resort at the quota: forget every file (meta stays). */
 static int store_empty(struct store *s)
 {
-	static const enum store_db dbs[] = { SDB_FILES, SDB_PAGES, SDB_FPS };
-	uint64_t pages;
-	struct stxn t;
+	static const enum store_db dbs[] = { SDB_FILES, SDB_RECIPES, SDB_RUNS,
+					     SDB_CHUNKS };
+	uint64_t digests;
+	struct wctx w;
 	int rc, ret;
 
-	stxn_begin(s, &t, true);
-	pages = stxn_entries(&t, SDB_PAGES);
-	for (size_t i = 0; i < sizeof(dbs) / sizeof(dbs[0]) && !t.rc; i++) {
-		rc = mdb_drop(t.txn, s->dbi[dbs[i]], 0);
+	wctx_begin(s, &w);
+	digests = meta_get(&w, STORE_META_DIGESTS);
+	for (size_t i = 0; i < sizeof(dbs) / sizeof(dbs[0]) && !w.t.rc; i++) {
+		rc = mdb_drop(w.t.txn, s->dbi[dbs[i]], 0);
 		if (rc)
-			stxn_fail(&t, rc);
+			stxn_fail(&w.t, rc);
 	}
-	ret = stxn_commit(&t);
+	meta_put(&w, STORE_META_PAGES, 0);
+	meta_put(&w, STORE_META_DIGESTS, 0);
+	ret = stxn_commit(&w.t);
 	if (!ret) {
 		atomic_fetch_add(&s->commits, 1);
-		atomic_fetch_add(&s->pruned_pages, pages);
+		atomic_fetch_add(&s->pruned_pages, digests);
 	}
 	return ret;
 }
@@ -517,18 +785,18 @@ static int store_empty(struct store *s)
  * Prune before the map is full where we can: in a large store, a batch
  * copies a small share of the pages and the live ones can come close.
  * Not again until the records we dropped have been replaced, though:
- * their room is inside pages that still count as live.
+ * their room may be inside pages that still count as live.
  */
 static void store_check_quota(struct store *s)
 {
 	struct stxn t;
-	uint64_t used, pages;
+	uint64_t used;
 
 	stxn_begin(s, &t, false);
 	used = stxn_used_bytes(&t);
-	pages = stxn_entries(&t, SDB_PAGES);
 	stxn_abort(&t);
-	if (used > s->quota / 100 * STORE_PRUNE_HIGH && pages >= s->prune_mark)
+	if (used > s->quota / 100 * STORE_PRUNE_HIGH &&
+	    prune_records(s) >= s->prune_mark)
 		store_prune(s);
 }
 
@@ -587,11 +855,49 @@ static int store_apply(struct store *s, const struct store_op *ops, size_t n)
 	return ret;
 }
 
-static void store_run_batch(struct store *s, const struct store_queue *b,
+static int put_cmp(const void *pa, const void *pb)
+{
+	const struct store_op *a = pa, *b = pb;
+
+	if (a->has_ref != b->has_ref)
+		return a->has_ref ? 1 : -1;
+	if (a->id.dev != b->id.dev)
+		return a->id.dev < b->id.dev ? -1 : 1;
+	if (a->id.ino != b->id.ino)
+		return a->id.ino < b->id.ino ? -1 : 1;
+	if (a->a != b->a)
+		return a->a < b->a ? -1 : 1;
+	return a->order < b->order ? -1 : a->order > b->order;
+}
+
+/* Sort each stretch of puts in ops[0, n) (see the top of this file);
+ * other updates stay where they are, and puts of one page keep their
+ * order. */
+static void sort_puts(struct store_op *ops, size_t n)
+{
+	size_t i = 0, j;
+
+	while (i < n) {
+		if (ops[i].kind != SOP_PUT) {
+			i++;
+			continue;
+		}
+		for (j = i; j < n && ops[j].kind == SOP_PUT; j++)
+			ops[j].order = (uint32_t)(j - i);
+		if (j - i > 1)
+			qsort(ops + i, j - i, sizeof(*ops), put_cmp);
+		i = j;
+	}
+}
+
+static void store_run_batch(struct store *s, struct store_queue *b,
 			    uint64_t first_seq)
 {
 	size_t off, n;
 
+	/* Whole: barriers stay in place, so done_seq still means that
+	 * every invalidation up to it is committed. */
+	sort_puts(b->ops, b->len);
 	for (off = 0; off < b->len; off += n) {
 		n = b->len - off < STORE_BATCH ? b->len - off : STORE_BATCH;
 		if (store_apply(s, b->ops + off, n))

@@ -6,7 +6,7 @@
  * Errors are fine; crashes, hangs and sanitizer reports are not.
  *
  * Build and run with libFuzzer (clang), seeded with real stores:
- *   cc="-g -O1 -D_GNU_SOURCE -I dedup dedup/store*.c -llmdb -lpthread"
+ *   cc="-g -O1 -D_GNU_SOURCE -I dedup dedup/store*.c -llmdb -lcrypto -lpthread"
  *   clang $cc -DFUZZ_STORE_MAIN tests/fuzz/fuzz_store.c -o fuzz_store_replay
  *   ./fuzz_store_replay --make-seed corpus
  *   clang $cc -fsanitize=fuzzer,address tests/fuzz/fuzz_store.c -o fuzz_store
@@ -72,23 +72,32 @@ static bool fuzz_exists(void *arg, uint64_t dev, uint64_t ino)
 static void fuzz_use(struct store *s, bool write)
 {
 	struct store_ident id = { 42, 1, 4096, 1, 1 };
+	struct store_ident ref = { 42, 0, 4096, 1, 1 };
 	struct store_stats st;
-	struct store_fp fps[8], fp = { .lo = 1, .hi = 2, .sha256 = { 3 } };
-	bool present[8];
+	struct store_rec recs[8];
+	struct store_group groups[8];
+	uint8_t sha[32] = { 3 };
+	unsigned ng;
 	uint64_t fid;
 
 	store_get_stats(s, &st);
 	for (uint64_t ino = 0; ino < 4; ino++) {
 		id.ino = ino;
+		ng = 8;
 		if (!store_file_match(s, &id, &fid))
-			store_get_fps(s, fid, 0, 8, fps, present);
+			store_get_recs(s, fid, 0, 8, recs, groups, &ng);
 	}
-	for (uint64_t f = 0; f < 4; f++)
-		store_get_fps(s, f, 0, 8, fps, present);
-	store_get_fps(s, UINT64_MAX, UINT64_MAX - 3, 8, fps, present);
+	for (uint64_t f = 0; f < 4; f++) {
+		ng = 8;
+		store_get_recs(s, f, 0, 8, recs, groups, &ng);
+	}
+	ng = 2;
+	store_get_recs(s, UINT64_MAX, UINT64_MAX - 3, 8, recs, groups, &ng);
 	if (!write)
 		return;
-	store_put_page(s, &id, 3, &fp);
+	store_put_page(s, &id, 3, sha, NULL, 0);
+	store_put_page(s, &id, 4, sha, &ref, 0);
+	store_put_page(s, &id, 5, NULL, NULL, 0);
 	store_file_changed(s, id.dev, 2, &id, 0, UINT64_MAX);
 	store_forget_file(s, id.dev, 3);
 	store_prune_missing(s, fuzz_exists, NULL);
@@ -144,13 +153,18 @@ static int make_seeds(const char *out)
 			return 1;
 		for (unsigned p = 0; p < sizes[i]; p++) {
 			struct store_ident id = { 42, p % 5, 1u << 20, 1, 1 };
-			struct store_fp fp = { .lo = p % 7 ? p : 7, .hi = 9 };
+			struct store_ident ref = { 42, 0, 1u << 20, 1, 1 };
+			uint8_t sha[32] = { (uint8_t)p, (uint8_t)(p >> 8) };
 
-			/* Same XXH3, other SHA-256 now and then: both
-			 * kinds of fps key in the seeds. */
-			fp.sha256[0] = (uint8_t)(p % 7 ? p % 7 : p % 3);
-
-			store_put_page(s, &id, p, &fp);
+			/* Own digests (runs with whole and open groups),
+			 * copies (recipes into file 0's run), zeros. */
+			if (p % 5 == 0 || p % 11 == 3)
+				store_put_page(s, &id, p, sha, NULL, 0);
+			else if (p % 13 == 1)
+				store_put_page(s, &id, p, NULL, NULL, 0);
+			else
+				store_put_page(s, &id, p, sha, &ref,
+					       p - p % 5);
 		}
 		if (sizes[i] > 100)
 			store_forget_file(s, 42, 4);  /* a free list */

@@ -1,7 +1,9 @@
 /*
  * Unit tests of content merging without FUSE: merge on fill, copy-on-write
  * isolation, zero pages, the scanner re-merging written pages, the reverse
- * map across truncate and release, max_page_sharing and the uid scope.
+ * map across truncate and release, max_page_sharing and the uid scope;
+ * persistence: warm restart, records trusted on SHA-256 only, and the
+ * size of the store per mapped page.
  */
 #include "testfs.h"
 #include "cache_i.h"
@@ -416,11 +418,13 @@ static int64_t ts_ns(struct timespec ts)
 
 /*
  * Record in the store at state_dir what a previous mount would have: page
- * i of name has the XXH3 of page i of content xxh_seed and the SHA-256 of
- * page i of content sha_seed. With both seeds the file's own, that is the
- * truth; with another XXH3 seed, a collision (crafted or not).
+ * i of name has the SHA-256 of page i of content sha_seed, but for its
+ * first 8 bytes (the tag, which finds candidates), taken from page i of
+ * content tag_seed. With both seeds the file's own, that is the truth;
+ * with another tag seed, a collision on the tag (crafted or not). The
+ * pages are recorded as a file's own digests: a run of whole groups.
  */
-static void record_pages(const char *name, unsigned npages, unsigned xxh_seed,
+static void record_pages(const char *name, unsigned npages, unsigned tag_seed,
 			 unsigned sha_seed)
 {
 	unsigned char page[PG];
@@ -437,16 +441,14 @@ static void record_pages(const char *name, unsigned npages, unsigned xxh_seed,
 				   .ctime_ns = ts_ns(st.st_ctim) };
 	REQUIRE(store_open(state_dir, 0, false, &s) == 0);
 	for (unsigned i = 0; i < npages; i++) {
-		struct store_fp fp;
-		struct fp h;
+		uint8_t dg[FP_DIGEST_LEN], tag[FP_DIGEST_LEN];
 
-		testfs_fill(page, (uint64_t)i * PG, PG, xxh_seed);
-		fp_page(page, &h);
 		testfs_fill(page, (uint64_t)i * PG, PG, sha_seed);
-		REQUIRE(fp_digest(page, fp.sha256) == 0);
-		fp.lo = h.lo;
-		fp.hi = h.hi;
-		REQUIRE(store_put_page(s, &id, i, &fp) == 0);
+		REQUIRE(fp_digest(page, dg) == 0);
+		testfs_fill(page, (uint64_t)i * PG, PG, tag_seed);
+		REQUIRE(fp_digest(page, tag) == 0);
+		memcpy(dg, tag, STORE_TAG_LEN);
+		REQUIRE(store_put_page(s, &id, i, dg, NULL, 0) == 0);
 	}
 	REQUIRE(store_sync(s) == 0);
 	store_close(s);
@@ -456,11 +458,13 @@ static void record_pages(const char *name, unsigned npages, unsigned xxh_seed,
 
 /*
  * cx (content 22) was shared in an earlier mount and recorded truly. cv
- * (content 21) has a record whose XXH3 is cx's page but whose SHA-256 is
- * its own: what an XXH3 collision crafted against cv looks like. Once cx
- * is resident, cv must still be read, never mapped to cx's frames.
+ * (content 21) has records whose tags are cx's pages' but whose SHA-256s
+ * are otherwise its own: what a collision on the tag crafted against cv
+ * looks like. Once cx is resident, the tags name cx's frames, but their
+ * digests do not hash to cv's groups: cv must still be read, never
+ * mapped to cx's frames.
  */
-static void test_stored_xxh3_match_other_sha256_is_read(void)
+static void test_stored_tag_match_other_sha256_is_read(void)
 {
 	struct env e;
 	struct cfile *x, *v;
@@ -491,36 +495,102 @@ static void test_stored_xxh3_match_other_sha256_is_read(void)
 }
 
 /* The same with a true record: cy, a copy of cx, is mapped to cx's
- * frames without backing I/O and without hashing. */
+ * frames without backing I/O and without hashing, on its groups' digests
+ * (NCOLL pages: whole groups only) and on whole digests (the open group
+ * of a run of NCOLL + 3 pages). */
 static void test_stored_sha256_match_maps_unread(void)
 {
+	const unsigned npages = NCOLL + 3;
 	struct env e;
 	struct cfile *x, *y;
 	struct dedup_stats ds, before;
 	struct cache_stats cs;
 
 	snprintf(state_dir, sizeof(state_dir), "%s/state-match", testfs_dir);
-	testfs_make("mx", NCOLL * PG, 22);
-	testfs_make("my", NCOLL * PG, 22);
-	record_pages("mx", NCOLL, 22, 22);
-	record_pages("my", NCOLL, 22, 22);
+	testfs_make("mx", npages * PG, 22);
+	testfs_make("my", npages * PG, 22);
+	record_pages("mx", npages, 22, 22);
+	record_pages("my", npages, 22, 22);
 
 	e = new_env(64 << 20, tune_state);
 	x = open_file(e.c, "mx");
 	y = open_file(e.c, "my");
-	CHECK(matches(x, 0, NCOLL * PG, 22, NULL));
+	CHECK(matches(x, 0, npages * PG, 22, NULL));
 	dedup_get_stats(e.d, &before);
-	CHECK(matches(y, 0, NCOLL * PG, 22, NULL));
+	CHECK(matches(y, 0, npages * PG, 22, NULL));
 	dedup_get_stats(e.d, &ds);
 	cache_get_stats(e.c, &cs);
-	CHECK_EQ(ds.store_hits, NCOLL);
-	CHECK_EQ(cs.backing_read_bytes, NCOLL * PG);
+	CHECK_EQ(ds.store_hits, npages);
+	CHECK_EQ(cs.backing_read_bytes, npages * PG);
 	CHECK_EQ(ds.hashes_computed, before.hashes_computed);
 	CHECK_EQ(ds.digests_computed, before.digests_computed);
-	CHECK_EQ(ds.pages_sharing, NCOLL);
+	CHECK_EQ(ds.pages_sharing, npages);
 	cfile_put(x);
 	cfile_put(y);
 	free_env(&e);
+}
+
+static struct store_ident ident_of(const char *name)
+{
+	struct stat st;
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", testfs_dir, name);
+	REQUIRE(stat(path, &st) == 0);
+	return (struct store_ident){ .dev = st.st_dev, .ino = st.st_ino,
+				     .size = (uint64_t)st.st_size,
+				     .mtime_ns = ts_ns(st.st_mtim),
+				     .ctime_ns = ts_ns(st.st_ctim) };
+}
+
+/* How many of the npages first pages of name the store at state_dir
+ * records as content seed (whole digest, or tag in a group whose digest
+ * is that of the true members). */
+static unsigned records_right(const char *name, unsigned npages,
+			      unsigned seed)
+{
+	static struct store_rec recs[1024];
+	static struct store_group groups[1024];
+	struct store_ident id = ident_of(name);
+	unsigned char page[PG];
+	unsigned ng = 1024, right = 0;
+	struct store *s;
+	uint64_t fid;
+
+	REQUIRE(npages <= 1024);
+	REQUIRE(store_open_readonly(state_dir, &s) == 0);
+	if (store_file_match(s, &id, &fid) ||
+	    store_get_recs(s, fid, 0, npages, recs, groups, &ng)) {
+		store_close(s);
+		return 0;
+	}
+	for (unsigned i = 0; i < npages; i++) {
+		uint8_t dg[FP_DIGEST_LEN];
+		uint8_t leaf[STORE_GROUP][STORE_SHA256_LEN], gd[32];
+		unsigned first;
+
+		testfs_fill(page, (uint64_t)i * PG, PG, seed);
+		REQUIRE(fp_digest(page, dg) == 0);
+		if (recs[i].kind == STORE_REC_DIGEST) {
+			right += !memcmp(recs[i].sha256, dg, sizeof(dg));
+			continue;
+		}
+		if (recs[i].kind != STORE_REC_GROUP ||
+		    memcmp(groups[recs[i].group].tag[recs[i].member], dg,
+			   STORE_TAG_LEN))
+			continue;
+		/* The group's members are this file's pages around i. */
+		first = i - recs[i].member;
+		for (unsigned m = 0; m < STORE_GROUP; m++) {
+			testfs_fill(page, (uint64_t)(first + m) * PG, PG, seed);
+			REQUIRE(fp_digest(page, leaf[m]) == 0);
+		}
+		REQUIRE(store_group_digest(
+			(const uint8_t (*)[STORE_SHA256_LEN])leaf, gd) == 0);
+		right += !memcmp(gd, groups[recs[i].group].digest, sizeof(gd));
+	}
+	store_close(s);
+	return right;
 }
 
 /*
@@ -534,20 +604,12 @@ static void test_fill_hashes_content_not_the_record(void)
 	struct env e;
 	struct cfile *a, *b;
 	struct dedup_stats ds;
-	struct store_ident id;
-	struct store_fp fps[NCOLL];
-	bool present[NCOLL];
-	unsigned char page[PG];
-	struct store *s;
-	struct stat st;
-	char path[512];
-	uint64_t fid;
-	unsigned right = 0;
 
 	snprintf(state_dir, sizeof(state_dir), "%s/state-lie", testfs_dir);
 	testfs_make("la", NCOLL * PG, 23);
 	testfs_make("lb", NCOLL * PG, 23);
 	record_pages("la", NCOLL, 99, 99);
+	CHECK_EQ(records_right("la", NCOLL, 23), 0);
 
 	e = new_env(64 << 20, tune_state);
 	a = open_file(e.c, "la");
@@ -562,27 +624,162 @@ static void test_fill_hashes_content_not_the_record(void)
 	cfile_put(b);
 	free_env(&e);       /* the shared pages are recorded by now */
 
-	snprintf(path, sizeof(path), "%s/la", testfs_dir);
-	REQUIRE(stat(path, &st) == 0);
-	id = (struct store_ident){ .dev = st.st_dev, .ino = st.st_ino,
-				   .size = (uint64_t)st.st_size,
-				   .mtime_ns = ts_ns(st.st_mtim),
-				   .ctime_ns = ts_ns(st.st_ctim) };
-	REQUIRE(store_open(state_dir, 0, false, &s) == 0);
-	REQUIRE(store_file_match(s, &id, &fid) == 0);
-	REQUIRE(store_get_fps(s, fid, 0, NCOLL, fps, present) == 0);
-	for (unsigned i = 0; i < NCOLL; i++) {
-		uint8_t dg[FP_DIGEST_LEN];
-		struct fp h;
+	CHECK_EQ(records_right("la", NCOLL, 23), NCOLL);
+	CHECK_EQ(records_right("lb", NCOLL, 23), NCOLL);
+}
 
-		testfs_fill(page, (uint64_t)i * PG, PG, 23);
-		fp_page(page, &h);
-		REQUIRE(fp_digest(page, dg) == 0);
-		right += present[i] && fps[i].lo == h.lo && fps[i].hi == h.hi &&
-			 !memcmp(fps[i].sha256, dg, sizeof(dg));
+/* Read every page of f (len bytes) through the cache. */
+static void read_through(struct cfile *f, uint64_t len)
+{
+	static unsigned char buf[1 << 20];
+
+	for (uint64_t off = 0; off < len; off += sizeof(buf))
+		REQUIRE(cache_pread(f, buf, sizeof(buf), off) > 0);
+}
+
+/* Overwrite pages i of name with i % every == 0 by content seed. */
+static void patch_pages(const char *name, uint64_t npages, unsigned every,
+			unsigned seed)
+{
+	unsigned char page[PG];
+	char path[512];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", testfs_dir, name);
+	fd = open(path, O_WRONLY);
+	REQUIRE(fd >= 0);
+	for (uint64_t i = 0; i < npages; i += every) {
+		testfs_fill(page, i * PG, PG, seed);
+		REQUIRE(pwrite(fd, page, PG, (off_t)(i * PG)) == PG);
 	}
-	CHECK_EQ(right, NCOLL);
+	close(fd);
+}
+
+/* Bytes the store at state_dir uses: its trees (what LMDB reuses) and
+ * data.mdb (what the disk holds). */
+static void store_size(struct store_stats *st, uint64_t *file_bytes)
+{
+	struct store *s;
+	struct stat sb;
+	char path[600];
+
+	REQUIRE(store_open_readonly(state_dir, &s) == 0);
+	store_get_stats(s, st);
 	store_close(s);
+	snprintf(path, sizeof(path), "%s/data.mdb", state_dir);
+	REQUIRE(stat(path, &sb) == 0);
+	*file_bytes = (uint64_t)sb.st_size;
+}
+
+/*
+ * 8 identical copies of 16 MiB, read through the cache and recorded: the
+ * store holds one run of digests and a recipe per copy, at most 4 bytes
+ * per mapped page (the reference's 12.5 bytes a page over 8 copies).
+ */
+static void test_store_8_copies_at_most_4_bytes_per_mapped_page(void)
+{
+	const uint64_t len = 16ull << 20, npages = len / PG;
+	struct store_stats st;
+	struct cfile *f[8];
+	uint64_t file_bytes;
+	double per_page;
+	struct env e;
+
+	snprintf(state_dir, sizeof(state_dir), "%s/state-size8", testfs_dir);
+	e = new_env(64 << 20, tune_state);
+	copies("size8-", 8, len, 31, e.c, f);
+	for (int i = 0; i < 8; i++)
+		read_through(f[i], len);
+	for (int i = 0; i < 8; i++)
+		cfile_put(f[i]);
+	free_env(&e);
+
+	store_size(&st, &file_bytes);
+	per_page = (double)st.bytes / (double)(8 * npages);
+	printf("store of 8 copies of 16 MiB: %llu pages described, %llu "
+	       "digests, %llu recipes, %llu runs; %llu bytes in use (%.2f "
+	       "B per mapped page), data.mdb %llu bytes (%.2f B per page)\n",
+	       (unsigned long long)st.pages, (unsigned long long)st.distinct,
+	       (unsigned long long)st.recipes, (unsigned long long)st.runs,
+	       (unsigned long long)st.bytes, per_page,
+	       (unsigned long long)file_bytes,
+	       (double)file_bytes / (double)(8 * npages));
+	CHECK_EQ(st.pages, 8 * npages);
+	CHECK_EQ(st.distinct, npages);
+	CHECK(st.recipes <= 8 * 2);
+	CHECK(per_page <= 4.0);
+	/* data.mdb also holds the pages copy-on-write freed in the last
+	 * commits, which LMDB reuses: a few dozen, whatever the size. */
+	CHECK(file_bytes <= st.bytes + (64u << 10));
+}
+
+/*
+ * A mix: a (16 MiB), b a copy of it, c a's first half then other pages,
+ * d a with every 16th page its own, u unique. What the store holds stays
+ * within 2% of the distinct content it describes.
+ */
+static void test_store_mix_within_2_percent_of_unique_bytes(void)
+{
+	const uint64_t len = 16ull << 20, npages = len / PG;
+	static const char *const names[] = { "mix-a", "mix-b", "mix-c",
+					      "mix-d", "mix-u" };
+	struct store_stats st;
+	struct cfile *f[5];
+	uint64_t file_bytes;
+	double share;
+	struct env e;
+
+	snprintf(state_dir, sizeof(state_dir), "%s/state-mix", testfs_dir);
+	testfs_make("mix-a", len, 41);
+	testfs_make("mix-b", len, 41);
+	testfs_make("mix-c", len, 41);
+	patch_pages("mix-c", npages, 1, 43);    /* all ... */
+	{
+		unsigned char page[PG];
+		char path[512];
+		int fd;
+
+		/* ... then a's first half back */
+		snprintf(path, sizeof(path), "%s/mix-c", testfs_dir);
+		fd = open(path, O_WRONLY);
+		REQUIRE(fd >= 0);
+		for (uint64_t i = 0; i < npages / 2; i++) {
+			testfs_fill(page, i * PG, PG, 41);
+			REQUIRE(pwrite(fd, page, PG, (off_t)(i * PG)) == PG);
+		}
+		close(fd);
+	}
+	testfs_make("mix-d", len, 41);
+	patch_pages("mix-d", npages, 16, 44);
+	testfs_make("mix-u", len, 45);
+
+	e = new_env(96 << 20, tune_state);
+	for (int i = 0; i < 5; i++) {
+		f[i] = open_file(e.c, names[i]);
+		read_through(f[i], len);
+	}
+	for (int i = 0; i < 5; i++)
+		cfile_put(f[i]);
+	free_env(&e);
+
+	store_size(&st, &file_bytes);
+	share = 100.0 * (double)st.bytes / (double)(st.distinct * PG);
+	printf("store of a mix: %llu pages described, %llu digests (%llu "
+	       "MiB of distinct content), %llu recipes, %llu runs; %llu "
+	       "bytes in use (%.3f%% of it), data.mdb %llu bytes (%.3f%%)\n",
+	       (unsigned long long)st.pages, (unsigned long long)st.distinct,
+	       (unsigned long long)(st.distinct * PG >> 20),
+	       (unsigned long long)st.recipes, (unsigned long long)st.runs,
+	       (unsigned long long)st.bytes, share,
+	       (unsigned long long)file_bytes,
+	       100.0 * (double)file_bytes / (double)(st.distinct * PG));
+	/* a's pages, and b's, c's first half, d's but every 16th. */
+	CHECK(st.pages >= 3 * npages);
+	CHECK(st.distinct <= npages + npages / 8);
+	CHECK(share <= 2.0);
+	CHECK(100.0 * (double)file_bytes / (double)(st.distinct * PG) <= 2.0);
+	CHECK(st.recipes <= 5 + npages / 16 * 2);
+	CHECK_EQ(records_right("mix-b", 1024, 41), 1024);
 }
 
 int main(void)
@@ -598,8 +795,10 @@ int main(void)
 	RUN(test_uid_scope_never_shares_across_owners);
 	RUN(test_eviction_of_shared_frames);
 	RUN(test_warm_restart_reads_one_copy);
-	RUN(test_stored_xxh3_match_other_sha256_is_read);
+	RUN(test_stored_tag_match_other_sha256_is_read);
 	RUN(test_stored_sha256_match_maps_unread);
 	RUN(test_fill_hashes_content_not_the_record);
+	RUN(test_store_8_copies_at_most_4_bytes_per_mapped_page);
+	RUN(test_store_mix_within_2_percent_of_unique_bytes);
 	return CHECK_DONE();
 }

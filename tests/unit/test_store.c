@@ -34,26 +34,23 @@ static struct store_ident ident(uint64_t ino, uint64_t size)
 				     .ctime_ns = 2000000000ll * (int64_t)ino };
 }
 
-static struct store_fp fp_of(unsigned seed, uint64_t i)
+/* A made-up SHA-256 of page i of content seed. */
+struct dg {
+	uint8_t b[STORE_SHA256_LEN];
+};
+
+static struct dg dg_of(unsigned seed, uint64_t i)
 {
 	uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed * 0xBF58476D1CE4E5B9ull;
-	struct store_fp fp;
+	struct dg d;
 
 	x ^= x >> 29;
-	fp.lo = x;
-	fp.hi = ~x ^ seed;
-	for (unsigned k = 0; k < sizeof(fp.sha256); k++)
-		fp.sha256[k] = (uint8_t)(x >> (k % 8 * 8)) ^ (uint8_t)k;
-	return fp;
+	for (unsigned k = 0; k < sizeof(d.b); k++)
+		d.b[k] = (uint8_t)(x >> (k % 8 * 8)) ^ (uint8_t)(k * 7 + seed);
+	return d;
 }
 
-static const struct store_fp fp_12 = { .lo = 1, .hi = 2 };
-
-static bool fp_same(const struct store_fp *a, const struct store_fp *b)
-{
-	return a->lo == b->lo && a->hi == b->hi &&
-	       !memcmp(a->sha256, b->sha256, sizeof(a->sha256));
-}
+static const struct dg dg_12 = { { 1, 2 } };
 
 static struct store *open_ok(const char *dir, uint64_t quota)
 {
@@ -66,39 +63,61 @@ static struct store *open_ok(const char *dir, uint64_t quota)
 	return s;
 }
 
-static void put_range(struct store *s, const struct store_ident *id,
-		      uint64_t first, uint64_t n, unsigned seed)
+/* Pages [first, first + n) of id, each with its own digest of seed; or,
+ * with ref, each the same content as page i of ref. */
+static void put_range_ref(struct store *s, const struct store_ident *id,
+			  uint64_t first, uint64_t n, unsigned seed,
+			  const struct store_ident *ref, uint64_t ref_first)
 {
 	for (uint64_t i = first; i < first + n; i++) {
-		struct store_fp fp = fp_of(seed, i);
+		struct dg d = dg_of(seed, ref ? ref_first + (i - first) : i);
 
-		REQUIRE(store_put_page(s, id, i, &fp) == 0);
+		REQUIRE(store_put_page(s, id, i, d.b, ref,
+				       ref_first + (i - first)) == 0);
 	}
 }
 
-/* How many of pages [first, first + n) have a stored fingerprint, and
- * whether every one found is fp_of(seed, index). */
-static unsigned count_fps(struct store *s, uint64_t fid, uint64_t first,
-			  unsigned n, unsigned seed, bool *right)
+static void put_range(struct store *s, const struct store_ident *id,
+		      uint64_t first, uint64_t n, unsigned seed)
 {
-	static struct store_fp fps[4096];
-	static bool present[4096];
-	unsigned found = 0;
+	put_range_ref(s, id, first, n, seed, NULL, 0);
+}
+
+/* How many of pages [first, first + n) have a record, and whether every
+ * one found is dg_of(seed, index - shift) (whole, or its tag). */
+static unsigned count_fps_shift(struct store *s, uint64_t fid, uint64_t first,
+				unsigned n, unsigned seed, uint64_t shift,
+				bool *right)
+{
+	static struct store_rec recs[4096];
+	static struct store_group groups[4096];
+	unsigned found = 0, ng = 4096;
 
 	REQUIRE(n <= 4096);
 	*right = true;
-	if (store_get_fps(s, fid, first, n, fps, present))
+	if (store_get_recs(s, fid, first, n, recs, groups, &ng))
 		return 0;
 	for (unsigned i = 0; i < n; i++) {
-		struct store_fp want = fp_of(seed, first + i);
+		struct dg want = dg_of(seed, first + i - shift);
 
-		if (!present[i])
+		if (recs[i].kind == STORE_REC_NONE)
 			continue;
 		found++;
-		if (!fp_same(&fps[i], &want))
+		if (recs[i].kind == STORE_REC_DIGEST)
+			*right &= !memcmp(recs[i].sha256, want.b, sizeof(want.b));
+		else if (recs[i].kind == STORE_REC_GROUP)
+			*right &= !memcmp(groups[recs[i].group].tag[recs[i].member],
+					  want.b, STORE_TAG_LEN);
+		else
 			*right = false;
 	}
 	return found;
+}
+
+static unsigned count_fps(struct store *s, uint64_t fid, uint64_t first,
+			  unsigned n, unsigned seed, bool *right)
+{
+	return count_fps_shift(s, fid, first, n, seed, 0, right);
 }
 
 static void test_round_trip_survives_reopen(void)
@@ -202,11 +221,13 @@ static void test_file_changed_drops_range_keeps_rest(void)
 	CHECK_EQ(store_file_changed(s, id.dev, id.ino, &now, 3, 2), 0);
 	/* Not committed yet, yet the changed pages are never handed out. */
 	{
-		struct store_fp fps[10];
-		bool present[10];
+		struct store_rec recs[10];
+		struct store_group grp[10];
+		unsigned ng = 10;
 
-		CHECK_EQ(store_get_fps(s, fid, 0, 10, fps, present), 0);
-		CHECK(!present[3] && !present[4]);
+		CHECK_EQ(store_get_recs(s, fid, 0, 10, recs, grp, &ng), 0);
+		CHECK(recs[3].kind == STORE_REC_NONE &&
+		      recs[4].kind == STORE_REC_NONE);
 	}
 	CHECK_EQ(store_sync(s), 0);
 	CHECK_EQ(store_file_match(s, &now, &fid2), 0);
@@ -248,61 +269,89 @@ static void test_file_changed_drops_range_keeps_rest(void)
 	store_close(s);
 }
 
-static void test_refcounts_follow_put_overwrite_forget(void)
+/*
+ * Copies point into one run: a page put as the same content as another
+ * page costs no digest; a put again changes nothing; a page put with
+ * other content (even the same tag) leaves the run; a run goes with the
+ * last recipe into it.
+ */
+static void test_copies_share_a_run_counts_follow(void)
 {
 	struct store *s = open_ok(case_dir("refs"), 0);
-	struct store_ident a = ident(11, PG), b = ident(12, 2 * PG);
-	struct store_fp same = fp_of(5, 0), other = fp_of(6, 0), twin;
+	struct store_ident a = ident(11, 64 * PG), b = ident(12, 64 * PG);
+	struct dg same = dg_of(5, 0), other = dg_of(6, 0), twin;
 	struct store_stats st;
+	struct store_rec recs[2];
+	struct store_group grp[2];
+	unsigned ng = 2;
+	uint64_t fid;
+	bool right;
 
-	REQUIRE(store_put_page(s, &a, 0, &same) == 0);
-	REQUIRE(store_put_page(s, &b, 0, &same) == 0);
-	REQUIRE(store_put_page(s, &b, 1, &same) == 0);
-	REQUIRE(store_put_page(s, &b, 1, &same) == 0);  /* again: no-op */
+	REQUIRE(store_put_page(s, &a, 0, same.b, NULL, 0) == 0);
+	REQUIRE(store_put_page(s, &b, 0, same.b, &a, 0) == 0);
+	REQUIRE(store_put_page(s, &b, 0, same.b, &a, 0) == 0);  /* no-op */
 	CHECK_EQ(store_sync(s), 0);
 	store_get_stats(s, &st);
-	CHECK_EQ(st.pages, 3);
+	CHECK_EQ(st.pages, 2);
 	CHECK_EQ(st.distinct, 1);
-	CHECK_EQ(st.dup_pages, 2);
+	CHECK_EQ(st.dup_pages, 1);
+	CHECK_EQ(st.runs, 1);
 
-	REQUIRE(store_put_page(s, &b, 1, &other) == 0);  /* overwrite */
+	/* b's next page, other content: appended where b's page 0 is. */
+	REQUIRE(store_put_page(s, &b, 1, other.b, NULL, 0) == 0);
 	CHECK_EQ(store_sync(s), 0);
 	store_get_stats(s, &st);
 	CHECK_EQ(st.pages, 3);
 	CHECK_EQ(st.distinct, 2);
-	CHECK_EQ(st.dup_pages, 1);
+	CHECK_EQ(st.runs, 1);
+	CHECK_EQ(st.recipes, 2);
 
-	/* The same XXH3 with another SHA-256 (a crafted collision) is
-	 * another content, and overwrites like one. */
+	/* The same tag, another SHA-256 (a crafted collision): another
+	 * content, which gets a run of its own. */
 	twin = same;
-	twin.sha256[0] ^= 1;
-	REQUIRE(store_put_page(s, &b, 0, &twin) == 0);
+	twin.b[31] ^= 1;
+	REQUIRE(store_put_page(s, &b, 0, twin.b, NULL, 0) == 0);
 	CHECK_EQ(store_sync(s), 0);
 	store_get_stats(s, &st);
 	CHECK_EQ(st.pages, 3);
 	CHECK_EQ(st.distinct, 3);
-	{
-		struct store_fp fps[2];
-		bool present[2];
-		uint64_t fid;
+	REQUIRE(store_file_match(s, &b, &fid) == 0);
+	CHECK_EQ(store_get_recs(s, fid, 0, 2, recs, grp, &ng), 0);
+	CHECK(recs[0].kind == STORE_REC_DIGEST &&
+	      !memcmp(recs[0].sha256, twin.b, 32));
+	CHECK(recs[1].kind == STORE_REC_DIGEST &&
+	      !memcmp(recs[1].sha256, other.b, 32));
 
-		REQUIRE(store_file_match(s, &b, &fid) == 0);
-		CHECK_EQ(store_get_fps(s, fid, 0, 2, fps, present), 0);
-		CHECK(present[0] && fp_same(&fps[0], &twin));
-		CHECK(present[1] && fp_same(&fps[1], &other));
-	}
-	REQUIRE(store_put_page(s, &b, 0, &same) == 0);
+	/* Back: twin's run goes, b is one recipe into a's run again. */
+	REQUIRE(store_put_page(s, &b, 0, same.b, &a, 0) == 0);
 	CHECK_EQ(store_sync(s), 0);
 	store_get_stats(s, &st);
 	CHECK_EQ(st.distinct, 2);
+	CHECK_EQ(st.runs, 1);
+	CHECK_EQ(st.recipes, 2);
+
+	/* Zero pages cost no digest. */
+	REQUIRE(store_put_page(s, &b, 2, NULL, NULL, 0) == 0);
+	REQUIRE(store_put_page(s, &b, 3, NULL, NULL, 0) == 0);
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.pages, 5);
+	CHECK_EQ(st.distinct, 2);
+	CHECK_EQ(st.recipes, 3);
+	ng = 2;
+	CHECK_EQ(store_get_recs(s, fid, 2, 2, recs, grp, &ng), 0);
+	CHECK(recs[0].kind == STORE_REC_ZERO && recs[1].kind == STORE_REC_ZERO);
 
 	CHECK_EQ(store_forget_file(s, b.dev, b.ino), 0);
 	CHECK_EQ(store_sync(s), 0);
 	store_get_stats(s, &st);
 	CHECK_EQ(st.files, 1);
 	CHECK_EQ(st.pages, 1);
-	CHECK_EQ(st.distinct, 1);       /* "other" went with its last page */
-	CHECK_EQ(st.dup_pages, 0);
+	CHECK_EQ(st.recipes, 1);
+	CHECK_EQ(st.runs, 1);
+	REQUIRE(store_file_match(s, &a, &fid) == 0);
+	CHECK_EQ(count_fps(s, fid, 0, 4, 5, &right), 1);
+	CHECK(right);
 
 	CHECK_EQ(store_forget_file(s, a.dev, a.ino), 0);
 	CHECK_EQ(store_sync(s), 0);
@@ -310,19 +359,58 @@ static void test_refcounts_follow_put_overwrite_forget(void)
 	CHECK_EQ(st.files, 0);
 	CHECK_EQ(st.pages, 0);
 	CHECK_EQ(st.distinct, 0);
+	CHECK_EQ(st.runs, 0);
 	store_close(s);
 }
 
-/* Pages of [0, n) of fid still stored with fp_of(seed, i). */
+/* 8 copies of 100000 pages: one run, a recipe each; the copies' records
+ * are the reference's digests, whole groups verified by their digests. */
+static void test_8_copies_one_run_eight_recipes(void)
+{
+	const uint64_t n = 100000;
+	struct store *s = open_ok(case_dir("copies"), 0);
+	struct store_ident ref = ident(13, n * PG);
+	struct store_stats st;
+	uint64_t fid;
+	bool right;
+
+	put_range(s, &ref, 0, n, 13);
+	for (uint64_t c = 1; c < 8; c++) {
+		struct store_ident id = ident(13 + c, n * PG);
+
+		put_range_ref(s, &id, 0, n, 13, &ref, 0);
+	}
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	if (getenv("TEST_VERBOSE"))
+		fprintf(stderr, "8 copies: %llu bytes, %.2f B per page\n",
+			(unsigned long long)st.bytes,
+			(double)st.bytes / (double)(8 * n));
+	CHECK_EQ(st.pages, 8 * n);
+	CHECK_EQ(st.distinct, n);
+	CHECK_EQ(st.recipes, 8);
+	CHECK_EQ(st.runs, 1);
+	CHECK((double)st.bytes / (double)(8 * n) <= 4.0);
+	{
+		struct store_ident id = ident(17, n * PG);
+
+		REQUIRE(store_file_match(s, &id, &fid) == 0);
+	}
+	CHECK_EQ(count_fps(s, fid, 5000, 2048, 13, &right), 2048);
+	CHECK(right);
+	store_close(s);
+}
+
+/* Pages of [first, first + n) of fid still stored with dg_of(seed, i). */
 static unsigned count_range(struct store *s, uint64_t fid, uint64_t first,
 			    uint64_t n, unsigned seed)
 {
 	unsigned kept = 0;
 	bool right;
 
-	for (uint64_t i = first; i < first + n; i += 4096) {
-		unsigned chunk = first + n - i < 4096 ?
-				 (unsigned)(first + n - i) : 4096;
+	for (uint64_t i = first; i < first + n; i += 2048) {
+		unsigned chunk = first + n - i < 2048 ?
+				 (unsigned)(first + n - i) : 2048;
 
 		kept += count_fps(s, fid, i, chunk, seed, &right);
 		CHECK(right);
@@ -338,7 +426,7 @@ static unsigned count_range(struct store *s, uint64_t fid, uint64_t first,
  */
 static void test_quota_prunes_unique_pages_of_lru_files(void)
 {
-	const uint64_t quota = 16u << 20, nbig = 15000, nsmall = 2000,
+	const uint64_t quota = 4u << 20, nbig = 100000, nsmall = 2000,
 		nshared = 1000, chunk = 2000;
 	const char *dir = case_dir("quota");
 	struct store_ident a = ident(21, 0), b = ident(22, 0), c = ident(23, 0),
@@ -354,9 +442,9 @@ static void test_quota_prunes_unique_pages_of_lru_files(void)
 	put_range(s, &b, 0, nbig, 22);
 	put_range(s, &c, 0, nbig, 23);
 	put_range(s, &a, 0, nsmall, 21);
-	put_range(s, &a, nsmall, nshared, 99);
-	put_range(s, &b, nbig, nshared, 99);
-	put_range(s, &c, nbig, nshared, 99);
+	put_range_ref(s, &a, nsmall, nshared, 99, NULL, 0);
+	put_range_ref(s, &b, nbig, nshared, 99, &a, nsmall);
+	put_range_ref(s, &c, nbig, nshared, 99, &a, nsmall);
 	CHECK_EQ(store_sync(s), 0);
 	store_get_stats(s, &st);
 	REQUIRE(st.pruned_pages == 0);
@@ -365,7 +453,7 @@ static void test_quota_prunes_unique_pages_of_lru_files(void)
 	REQUIRE(store_file_match(s, &a, &fa) == 0);
 	CHECK_EQ(store_sync(s), 0);
 
-	for (int i = 0; i < 100 && !st.pruned_pages; i++, nd += chunk) {
+	for (int i = 0; i < 400 && !st.pruned_pages; i++, nd += chunk) {
 		put_range(s, &d, nd, chunk, 24);
 		CHECK_EQ(store_sync(s), 0);
 		store_get_stats(s, &st);
@@ -393,7 +481,13 @@ static void test_quota_prunes_unique_pages_of_lru_files(void)
 	CHECK(kept_b < nbig);
 	CHECK(kept_c == nbig || kept_b == 0);
 	/* ... while shared pages and the recently used a stayed. */
-	CHECK_EQ(count_range(s, fb, nbig, nshared, 99), nshared);
+	{
+		bool right;
+
+		CHECK_EQ(count_fps_shift(s, fb, nbig, nshared, 99,
+					 nbig - nsmall, &right), nshared);
+		CHECK(right);
+	}
 	CHECK_EQ(count_range(s, fa, 0, nsmall, 21), nsmall);
 	CHECK_EQ(count_range(s, fa, nsmall, nshared, 99), nshared);
 	CHECK_EQ(count_range(s, fd, 0, nd, 24), nd);
@@ -535,7 +629,7 @@ static void test_readonly_state_dir_pauses_reads_work(void)
 	CHECK_EQ(store_file_match(s, &id, &fid), 0);
 	CHECK_EQ(count_fps(s, fid, 0, 8, 51, &right), 8);
 	CHECK(right);
-	CHECK_EQ(store_put_page(s, &other, 0, &fp_12), 0);
+	CHECK_EQ(store_put_page(s, &other, 0, dg_12.b, NULL, 0), 0);
 	CHECK_EQ(store_sync(s), -EROFS);
 	CHECK_EQ(store_file_match(s, &other, &fid), -ENOENT);
 	store_close(s);
@@ -552,7 +646,7 @@ static void test_readonly_state_dir_pauses_reads_work(void)
 	store_get_stats(s, &st);
 	CHECK(st.paused);
 	CHECK(st.commit_errors > 0);
-	CHECK_EQ(store_put_page(s, &other, 0, &fp_12), 0);
+	CHECK_EQ(store_put_page(s, &other, 0, dg_12.b, NULL, 0), 0);
 	CHECK_EQ(store_file_match(s, &id, &fid), 0);
 	CHECK_EQ(count_fps(s, fid, 0, 8, 51, &right), 8);
 	/* Paused with the change dropped: the file stays masked. */
@@ -609,12 +703,11 @@ static void make_format1_store_in(const char *dir,
 	be64(v + 32, (uint64_t)time(NULL));
 	put_raw(txn, files, k, 16, v, 40);
 	for (unsigned i = 0; i < npages; i++) {
-		struct store_fp fp = fp_of(44, i);
+		struct dg fp = dg_of(44, i);
 
 		be64(k, 1);
 		be64(k + 8, i);
-		be64(v, fp.lo);
-		be64(v + 8, fp.hi);
+		memcpy(v, fp.b, 16);
 		put_raw(txn, pages, k, 16, v, 16);
 		be64(v + 16, 1);
 		be64(v + 24, 1);
@@ -820,7 +913,7 @@ static void test_second_opener_runs_without_persistence(void)
 	s2 = open_ok(dir, 0);       /* waits ~2 s for the owner, then gives up */
 	store_get_stats(s2, &st);
 	CHECK(st.paused);
-	CHECK_EQ(store_put_page(s2, &id, 0, &fp_12), 0);
+	CHECK_EQ(store_put_page(s2, &id, 0, dg_12.b, NULL, 0), 0);
 	CHECK_EQ(store_file_match(s2, &id, &fid), -ENOENT);
 	store_close(s2);
 	store_get_stats(s1, &st);
@@ -834,7 +927,8 @@ int main(void)
 	RUN(test_round_trip_survives_reopen);
 	RUN(test_identity_mismatch_is_stale);
 	RUN(test_file_changed_drops_range_keeps_rest);
-	RUN(test_refcounts_follow_put_overwrite_forget);
+	RUN(test_copies_share_a_run_counts_follow);
+	RUN(test_8_copies_one_run_eight_recipes);
 	RUN(test_quota_prunes_unique_pages_of_lru_files);
 	RUN(test_damaged_store_is_ebadmsg_and_rebuilds);
 	RUN(test_other_format_is_eproto);
