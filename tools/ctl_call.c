@@ -76,6 +76,18 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
+static void null_stdio(void)
+{
+	int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	for (int i = 0; i < 3; i++)
+		if (dup2(fd, i) < 0)
+			break;
+	close(fd);
+}
+
 /* The child: run fn, send its output, exit with its errno as status. */
 static _Noreturn void child_main(int wfd, ctl_call_fn fn, void *arg)
 {
@@ -85,6 +97,10 @@ static _Noreturn void child_main(int wfd, ctl_call_fn fn, void *arg)
 	/* Ctrl-C must end the child too, not run the parent's handler. */
 	signal(SIGINT, SIG_DFL);
 	signal(SIGPIPE, SIG_DFL);
+	/* A child the kernel holds past its kill (a request the daemon had
+	 * taken) must not hold our caller's output open: it answers through
+	 * wfd only. */
+	null_stdio();
 	err = fn(arg, &out);
 	if (!err && out.len)
 		err = write_all(wfd, out.data, out.len);

@@ -495,7 +495,23 @@ class HungDaemonTest(CtlMountTestCase):
     """A stopped daemon costs a timeout and a message, never a hang."""
 
     def stop_daemon(self):
+        """SIGSTOP, and wait until every thread has stopped: a thread
+        still running could take the next request, and a request taken
+        is one its caller can no longer abandon."""
         os.kill(self.m.pid, signal.SIGSTOP)
+        tasks = f'/proc/{self.m.pid}/task'
+        for _ in range(1000):
+            states = []
+            for t in os.listdir(tasks):
+                try:
+                    with open(f'{tasks}/{t}/stat') as f:
+                        states.append(f.read().rsplit(')', 1)[1].split()[0])
+                except OSError:
+                    pass
+            if all(st in ('T', 't') for st in states):
+                return
+            time.sleep(0.005)
+        self.fail(f'daemon threads not stopped: {states}')
 
     def resume_daemon(self):
         try:
