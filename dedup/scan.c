@@ -170,17 +170,6 @@ static bool scan_batch(struct dedup *d, unsigned pages)
 	return wrapped;
 }
 
-static void deadline_in(unsigned ms, struct timespec *ts)
-{
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000;
-	if (ts->tv_nsec >= 1000000000) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000;
-	}
-}
-
 /*
  * Each wake-up first gives the shared frames that wait for one their
  * digest (persist.c), as many as a batch scans pages: the work of
@@ -202,7 +191,7 @@ static void *scan_main(void *arg)
 
 		if (!forced) {
 			if (!atomic_load(&d->run)) {
-				deadline_in(DIGEST_IDLE_MS, &ts);
+				cache_deadline(&ts, DIGEST_IDLE_MS);
 				pthread_cond_timedwait(&d->scan_cond,
 						       &d->scan_lock, &ts);
 				if (d->stop)
@@ -214,7 +203,7 @@ static void *scan_main(void *arg)
 				continue;
 			}
 			if (ms) {
-				deadline_in(ms, &ts);
+				cache_deadline(&ts, ms);
 				pthread_cond_timedwait(&d->scan_cond,
 						       &d->scan_lock, &ts);
 				if (d->stop)
