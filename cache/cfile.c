@@ -447,7 +447,13 @@ void cfile_put(struct cfile *f)
 				strerror(-err));
 		keep = !err && !atomic_load(&c->closing);
 	}
-	if (keep && f->pidx.nr > f->pidx.nr_counted) {
+	if (keep) {
+		/* eviction may take pages meanwhile, under the index lock */
+		pthread_rwlock_rdlock(&f->pidx_lock);
+		keep = f->pidx.nr > f->pidx.nr_counted;
+		pthread_rwlock_unlock(&f->pidx_lock);
+	}
+	if (keep) {
 		if (f->wfd >= 0)
 			close(f->wfd);
 		f->wfd = -1;
@@ -473,15 +479,16 @@ void cfile_put(struct cfile *f)
  * whether it was. */
 static bool reap_one_locked(struct cache *c, struct cfile *f)
 {
-	bool empty;
+	bool empty, zeros;
 
 	if (pthread_rwlock_trywrlock(&f->pidx_lock))
 		return false;
 	empty = f->pidx.nr == f->pidx.nr_counted;
+	zeros = f->pidx.nr != 0;
 	pthread_rwlock_unlock(&f->pidx_lock);
 	if (!empty)
 		return false;
-	if (f->pidx.nr)
+	if (zeros)
 		cfile_drop_pages_locked(f, 0, UINT64_MAX, false);
 	lru_del_locked(c, f);
 	files_unlink_locked(c, f);
