@@ -3,56 +3,13 @@
  * writes against real backing files, eviction under the budget, writeback,
  * truncate, punch hole and close-to-open revalidation.
  */
-#include "testfs.h"
+#include "testcache.h"
 #include "cache_i.h"
 
 #include <linux/falloc.h>
 #include <pthread.h>
 
 #define PG 4096u
-
-static struct cache *new_cache(uint64_t bytes)
-{
-	struct cache_config cfg = { .size_bytes = bytes, .writeback_ms = 100 };
-	struct cache *c;
-
-	REQUIRE(cache_create(&cfg, &c) == 0);
-	return c;
-}
-
-static struct cfile *open_file(struct cache *c, const char *name)
-{
-	struct cfile *f;
-	int pfd = testfs_open_path(name);
-
-	REQUIRE(cfile_open(c, pfd, true, &f) == 0);
-	close(pfd);
-	return f;
-}
-
-/* Read len bytes at off through the cache and compare with seed content
- * (or with `expect` when given). */
-static int read_matches(struct cfile *f, uint64_t off, size_t len,
-			unsigned seed, const unsigned char *expect)
-{
-	unsigned char *got = malloc(len), *want = malloc(len);
-	ssize_t r;
-	int ok;
-
-	REQUIRE(got && want);
-	r = cache_pread(f, got, len, off);
-	if (expect)
-		memcpy(want, expect, len);
-	else
-		testfs_fill(want, off, len, seed);
-	ok = r == (ssize_t)len && !memcmp(got, want, len);
-	if (!ok)
-		fprintf(stderr, "read_matches: r=%zd len=%zu off=%llu\n", r,
-			len, (unsigned long long)off);
-	free(got);
-	free(want);
-	return ok;
-}
 
 static void test_frame_alloc_free_budget(void)
 {
@@ -116,19 +73,19 @@ static void test_frame_mappers_inline_then_list(void)
 
 static void test_read_miss_then_hit(void)
 {
-	struct cache *c = new_cache(16 << 20);
+	struct cache *c = tc_new_cache(16 << 20);
 	struct cache_stats st;
 	struct cfile *f;
 
 	testfs_make("r1", 1 << 20, 1);
-	f = open_file(c, "r1");
-	CHECK(read_matches(f, 0, 1 << 20, 1, NULL));
+	f = tc_open(c, "r1");
+	CHECK(tc_matches(f, 0, 1 << 20, 1, NULL));
 	cache_get_stats(c, &st);
 	CHECK_EQ(st.misses, 256);
 	CHECK_EQ(st.backing_read_bytes, 1 << 20);
 	/* neighbouring misses are batched into few requests */
 	CHECK(st.backing_reads <= 8);
-	CHECK(read_matches(f, 5000, 70000, 1, NULL));
+	CHECK(tc_matches(f, 5000, 70000, 1, NULL));
 	cache_get_stats(c, &st);
 	CHECK_EQ(st.misses, 256);
 	CHECK(st.hits >= 18);
@@ -143,14 +100,14 @@ static void test_read_miss_then_hit(void)
 
 static void test_write_unaligned_and_writeback(void)
 {
-	struct cache *c = new_cache(16 << 20);
+	struct cache *c = tc_new_cache(16 << 20);
 	unsigned char model[5 * PG + 100], got[sizeof(model)];
 	struct cfile *f;
 	uint64_t where;
 
 	testfs_make("w1", 3 * PG + 10, 2);
 	testfs_fill(model, 0, 3 * PG + 10, 2);
-	f = open_file(c, "w1");
+	f = tc_open(c, "w1");
 	/* across a page boundary, partial pages not yet read */
 	memset(model + PG - 3, 0xAB, 10);
 	CHECK_EQ(cache_write(f, model + PG - 3, 10, PG - 3, false, &where), 10);
@@ -160,7 +117,7 @@ static void test_write_unaligned_and_writeback(void)
 	CHECK_EQ(cache_write(f, model + 4 * PG + 50, PG + 50, 4 * PG + 50,
 			     false, NULL), PG + 50);
 	CHECK_EQ(cfile_size(f), sizeof(model));
-	CHECK(read_matches(f, 0, sizeof(model), 0, model));
+	CHECK(tc_matches(f, 0, sizeof(model), 0, model));
 	CHECK(cfile_has_dirty(f));
 	/* nothing reached the disk yet; fsync writes it all */
 	CHECK_EQ(cache_fsync(f, false), 0);
@@ -182,14 +139,14 @@ static void test_write_unaligned_and_writeback(void)
 static void test_eviction_under_budget(void)
 {
 	/* 64 frames for a 4 MiB file */
-	struct cache *c = new_cache(64 * PG);
+	struct cache *c = tc_new_cache(64 * PG);
 	struct cache_stats st;
 	struct cfile *f;
 
 	testfs_make("big", 4 << 20, 3);
-	f = open_file(c, "big");
-	CHECK(read_matches(f, 0, 4 << 20, 3, NULL));
-	CHECK(read_matches(f, 1 << 20, 1 << 20, 3, NULL));
+	f = tc_open(c, "big");
+	CHECK(tc_matches(f, 0, 4 << 20, 3, NULL));
+	CHECK(tc_matches(f, 1 << 20, 1 << 20, 3, NULL));
 	cache_get_stats(c, &st);
 	CHECK(st.cache_bytes <= st.cache_limit_bytes);
 	CHECK(st.evictions > 900);
@@ -199,14 +156,14 @@ static void test_eviction_under_budget(void)
 
 static void test_dirty_beyond_budget_makes_progress(void)
 {
-	struct cache *c = new_cache(64 * PG);
+	struct cache *c = tc_new_cache(64 * PG);
 	unsigned char *buf = malloc(8 << 20);
 	struct cfile *f;
 
 	REQUIRE(buf);
 	testfs_make("dirty", 0, 0);
 	testfs_fill(buf, 0, 8 << 20, 4);
-	f = open_file(c, "dirty");
+	f = tc_open(c, "dirty");
 	/* 8 MiB of writes through 256 KiB of frames: writeback must clean
 	 * frames for the writer to go on */
 	for (size_t off = 0; off < (8u << 20); off += 100000) {
@@ -216,7 +173,7 @@ static void test_dirty_beyond_budget_makes_progress(void)
 			 (ssize_t)n);
 	}
 	CHECK_EQ(cache_fsync(f, false), 0);
-	CHECK(read_matches(f, 0, 8 << 20, 4, NULL));
+	CHECK(tc_matches(f, 0, 8 << 20, 4, NULL));
 	unsigned char *disk = malloc(8 << 20);
 	CHECK_EQ(testfs_read_backing("dirty", disk, 8 << 20, 0), 8 << 20);
 	CHECK(!memcmp(disk, buf, 8 << 20));
@@ -228,19 +185,19 @@ static void test_dirty_beyond_budget_makes_progress(void)
 
 static void test_pinned_frame_not_evicted(void)
 {
-	struct cache *c = new_cache(32 * PG);
+	struct cache *c = tc_new_cache(32 * PG);
 	struct cache_read_ctx *rc = malloc(sizeof(*rc));
 	struct cfile *f;
 	unsigned char first[PG];
 
 	testfs_make("pin", 1 << 20, 5);
-	f = open_file(c, "pin");
+	f = tc_open(c, "pin");
 	cache_read_ctx_init(rc);
 	CHECK_EQ(cache_read(f, 0, PG, rc), 0);
 	CHECK_EQ(rc->niov, 1);
 	memcpy(first, rc->iov[0].iov_base, PG);
 	/* churn the rest of the cache while page 0 is pinned */
-	CHECK(read_matches(f, PG, (1 << 20) - PG, 5, NULL));
+	CHECK(tc_matches(f, PG, (1 << 20) - PG, 5, NULL));
 	CHECK(!memcmp(first, rc->iov[0].iov_base, PG));
 	testfs_fill(first, 0, PG, 5);
 	CHECK(!memcmp(first, rc->iov[0].iov_base, PG));
@@ -254,13 +211,13 @@ static void test_pinned_frame_not_evicted(void)
 static void test_large_read_in_tiny_cache_bounces(void)
 {
 	/* 20 frames cannot hold a 1 MiB reply: the read still succeeds */
-	struct cache *c = new_cache(20 * PG);
+	struct cache *c = tc_new_cache(20 * PG);
 	struct cache_read_ctx *rc = malloc(sizeof(*rc));
 	unsigned char *want = malloc(1 << 20);
 	struct cfile *f;
 
 	testfs_make("tiny", 2 << 20, 6);
-	f = open_file(c, "tiny");
+	f = tc_open(c, "tiny");
 	cache_read_ctx_init(rc);
 	CHECK_EQ(cache_read(f, 12345, 1 << 20, rc), 0);
 	CHECK_EQ(rc->bytes, 1 << 20);
@@ -282,25 +239,25 @@ static void test_large_read_in_tiny_cache_bounces(void)
 
 static void test_truncate_zeroes_tail(void)
 {
-	struct cache *c = new_cache(1 << 20);
+	struct cache *c = tc_new_cache(1 << 20);
 	unsigned char model[3 * PG];
 	struct cfile *f;
 
 	testfs_make("t", 3 * PG, 7);
-	f = open_file(c, "t");
-	CHECK(read_matches(f, 0, 3 * PG, 7, NULL));
+	f = tc_open(c, "t");
+	CHECK(tc_matches(f, 0, 3 * PG, 7, NULL));
 	CHECK_EQ(cache_truncate(f, PG + 100), 0);
 	CHECK_EQ(cfile_size(f), PG + 100);
 	CHECK_EQ(cache_truncate(f, 3 * PG), 0);
 	testfs_fill(model, 0, PG + 100, 7);
 	memset(model + PG + 100, 0, sizeof(model) - PG - 100);
-	CHECK(read_matches(f, 0, 3 * PG, 0, model));
+	CHECK(tc_matches(f, 0, 3 * PG, 0, model));
 	/* dirty tail page: zeroed in place */
 	CHECK_EQ(cache_write(f, "abcdefgh", 8, 2 * PG + 10, false, NULL), 8);
 	CHECK_EQ(cache_truncate(f, 2 * PG + 12), 0);
 	CHECK_EQ(cache_truncate(f, 3 * PG), 0);
 	memcpy(model + 2 * PG + 10, "ab", 2);
-	CHECK(read_matches(f, 0, 3 * PG, 0, model));
+	CHECK(tc_matches(f, 0, 3 * PG, 0, model));
 	CHECK_EQ(cache_fsync(f, false), 0);
 	unsigned char disk[3 * PG];
 	CHECK_EQ(testfs_read_backing("t", disk, sizeof(disk), 0), 3 * PG);
@@ -311,20 +268,20 @@ static void test_truncate_zeroes_tail(void)
 
 static void test_punch_hole_drops_cached_pages(void)
 {
-	struct cache *c = new_cache(1 << 20);
+	struct cache *c = tc_new_cache(1 << 20);
 	unsigned char model[8 * PG];
 	struct cfile *f;
 
 	testfs_make("p", 8 * PG, 8);
 	testfs_fill(model, 0, sizeof(model), 8);
-	f = open_file(c, "p");
-	CHECK(read_matches(f, 0, 8 * PG, 8, NULL));
+	f = tc_open(c, "p");
+	CHECK(tc_matches(f, 0, 8 * PG, 8, NULL));
 	/* a dirty page inside the hole must not come back */
 	CHECK_EQ(cache_write(f, "zz", 2, 3 * PG, false, NULL), 2);
 	CHECK_EQ(cache_fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				 PG + 100, 4 * PG), 0);
 	memset(model + PG + 100, 0, 4 * PG);
-	CHECK(read_matches(f, 0, 8 * PG, 0, model));
+	CHECK(tc_matches(f, 0, 8 * PG, 0, model));
 	CHECK_EQ(cfile_size(f), 8 * PG);
 	cfile_put(f);
 	cache_destroy(c);
@@ -332,19 +289,19 @@ static void test_punch_hole_drops_cached_pages(void)
 
 static void test_revalidate_sees_change_behind(void)
 {
-	struct cache *c = new_cache(1 << 20);
+	struct cache *c = tc_new_cache(1 << 20);
 	struct cfile *f;
 
 	testfs_make("cto", 2 * PG, 9);
-	f = open_file(c, "cto");
-	CHECK(read_matches(f, 0, 2 * PG, 9, NULL));
+	f = tc_open(c, "cto");
+	CHECK(tc_matches(f, 0, 2 * PG, 9, NULL));
 	usleep(20000); /* a distinct mtime */
 	testfs_make("cto", 3 * PG, 10);
 	/* without revalidation the cache keeps serving what it has... */
 	CHECK_EQ(cfile_revalidate(f), 0);
 	/* ...and with it, the new content and size */
 	CHECK_EQ(cfile_size(f), 3 * PG);
-	CHECK(read_matches(f, 0, 3 * PG, 10, NULL));
+	CHECK(tc_matches(f, 0, 3 * PG, 10, NULL));
 	cfile_put(f);
 	cache_destroy(c);
 }
@@ -367,7 +324,7 @@ static void *rw_thread(void *p)
 		if (cache_write(a->f, buf, sizeof(buf), off, false, NULL) !=
 		    sizeof(buf))
 			return (void *)1;
-		if (!read_matches(a->f, off, sizeof(buf), a->seed, NULL))
+		if (!tc_matches(a->f, off, sizeof(buf), a->seed, NULL))
 			return (void *)1;
 	}
 	return NULL;
@@ -375,13 +332,13 @@ static void *rw_thread(void *p)
 
 static void test_concurrent_writers_tiny_cache(void)
 {
-	struct cache *c = new_cache(24 * PG);
+	struct cache *c = tc_new_cache(24 * PG);
 	pthread_t th[4];
 	struct rw_arg a[4];
 	struct cfile *f;
 
 	testfs_make("conc", 1 << 20, 11);
-	f = open_file(c, "conc");
+	f = tc_open(c, "conc");
 	for (int i = 0; i < 4; i++) {
 		a[i] = (struct rw_arg){ f, 20 + i, (uint64_t)i * 200 * PG };
 		REQUIRE(pthread_create(&th[i], NULL, rw_thread, &a[i]) == 0);
@@ -419,30 +376,30 @@ static uint64_t backing_reads(struct cache *c)
  * of the same backing file finds its pages without reading them. */
 static void test_kept_pages_found_after_last_put(void)
 {
-	struct cache *c = new_cache(16 << 20);
+	struct cache *c = tc_new_cache(16 << 20);
 	struct cfile *f;
 	uint64_t reads;
 
 	testfs_make("kept", 64 * PG, 31);
-	f = open_file(c, "kept");
-	CHECK(read_matches(f, 0, 64 * PG, 31, NULL));
+	f = tc_open(c, "kept");
+	CHECK(tc_matches(f, 0, 64 * PG, 31, NULL));
 	cfile_put(f);
 	reads = backing_reads(c);
 	CHECK_EQ(c->nr_detached, 1);
-	f = open_file(c, "kept");
+	f = tc_open(c, "kept");
 	CHECK_EQ(c->nr_detached, 0);
-	CHECK(read_matches(f, 0, 64 * PG, 31, NULL));
+	CHECK(tc_matches(f, 0, 64 * PG, 31, NULL));
 	CHECK_EQ(backing_reads(c), reads);
 	/* written, then forgotten: the written data is what comes back */
 	CHECK_EQ(cache_write(f, "new", 3, 5 * PG + 1, false, NULL), 3);
 	cfile_put(f);
-	f = open_file(c, "kept");
+	f = tc_open(c, "kept");
 	{
 		unsigned char want[PG];
 
 		testfs_fill(want, 5 * PG, PG, 31);
 		memcpy(want + 1, "new", 3);
-		CHECK(read_matches(f, 5 * PG, PG, 0, want));
+		CHECK(tc_matches(f, 5 * PG, PG, 0, want));
 	}
 	cfile_put(f);
 	cache_destroy(c);
@@ -452,18 +409,18 @@ static void test_kept_pages_found_after_last_put(void)
  * ones. */
 static void test_kept_pages_dropped_when_changed_behind(void)
 {
-	struct cache *c = new_cache(16 << 20);
+	struct cache *c = tc_new_cache(16 << 20);
 	struct cfile *f;
 
 	testfs_make("kch", 16 * PG, 32);
-	f = open_file(c, "kch");
-	CHECK(read_matches(f, 0, 16 * PG, 32, NULL));
+	f = tc_open(c, "kch");
+	CHECK(tc_matches(f, 0, 16 * PG, 32, NULL));
 	cfile_put(f);
 	usleep(20000); /* a distinct mtime */
 	testfs_make("kch", 8 * PG, 33);
-	f = open_file(c, "kch");
+	f = tc_open(c, "kch");
 	CHECK_EQ(cfile_size(f), 8 * PG);
-	CHECK(read_matches(f, 0, 8 * PG, 33, NULL));
+	CHECK(tc_matches(f, 0, 8 * PG, 33, NULL));
 	cfile_put(f);
 	cache_destroy(c);
 }
@@ -480,15 +437,15 @@ static void test_kept_descriptors_capped(void)
 	for (int i = 0; i < 5; i++) {
 		snprintf(name, sizeof(name), "kd%d", i);
 		testfs_make(name, 8 * PG, 40 + i);
-		f = open_file(c, name);
-		CHECK(read_matches(f, 0, 8 * PG, 40 + i, NULL));
+		f = tc_open(c, name);
+		CHECK(tc_matches(f, 0, 8 * PG, 40 + i, NULL));
 		cfile_put(f);
 	}
 	CHECK_EQ(c->nr_detached, 5);
 	CHECK_EQ(c->nr_detached_fds, 2);
 	reads = backing_reads(c);
-	f = open_file(c, "kd0"); /* the oldest: no descriptor kept */
-	CHECK(read_matches(f, 0, 8 * PG, 40, NULL));
+	f = tc_open(c, "kd0"); /* the oldest: no descriptor kept */
+	CHECK(tc_matches(f, 0, 8 * PG, 40, NULL));
 	CHECK_EQ(backing_reads(c), reads);
 	cfile_put(f);
 	cache_destroy(c);
@@ -497,17 +454,17 @@ static void test_kept_descriptors_capped(void)
 /* A kept file whose pages were all evicted is freed. */
 static void test_kept_file_freed_once_evicted(void)
 {
-	struct cache *c = new_cache(1 << 20);
+	struct cache *c = tc_new_cache(1 << 20);
 	struct cfile *f;
 
 	testfs_make("kev", 32 * PG, 50);
 	testfs_make("kbig", 1024 * PG, 51);
-	f = open_file(c, "kev");
-	CHECK(read_matches(f, 0, 32 * PG, 50, NULL));
+	f = tc_open(c, "kev");
+	CHECK(tc_matches(f, 0, 32 * PG, 50, NULL));
 	cfile_put(f);
 	CHECK_EQ(c->nr_detached, 1);
-	f = open_file(c, "kbig");
-	CHECK(read_matches(f, 0, 1024 * PG, 51, NULL));
+	f = tc_open(c, "kbig");
+	CHECK(tc_matches(f, 0, 1024 * PG, 51, NULL));
 	cache_reap_kept(c, false);
 	CHECK_EQ(c->nr_detached, 0);
 	cfile_put(f);

@@ -5,7 +5,7 @@
  * persistence: warm restart, records trusted on SHA-256 only, and the
  * size of the store per mapped page.
  */
-#include "testfs.h"
+#include "testcache.h"
 #include "cache_i.h"
 #include "dedup.h"
 #include "fp.h"
@@ -39,36 +39,6 @@ static void free_env(struct env *e)
 	cache_destroy(e->c);
 }
 
-static struct cfile *open_file(struct cache *c, const char *name)
-{
-	struct cfile *f;
-	int pfd = testfs_open_path(name);
-
-	REQUIRE(cfile_open(c, pfd, true, &f) == 0);
-	close(pfd);
-	return f;
-}
-
-static int matches(struct cfile *f, uint64_t off, size_t len, unsigned seed,
-		   const unsigned char *expect)
-{
-	unsigned char *got = malloc(len), *want = malloc(len);
-	int ok;
-
-	REQUIRE(got && want);
-	if (expect)
-		memcpy(want, expect, len);
-	else if (seed)
-		testfs_fill(want, off, len, seed);
-	else
-		memset(want, 0, len);
-	ok = cache_pread(f, got, len, off) == (ssize_t)len &&
-	     !memcmp(got, want, len);
-	free(got);
-	free(want);
-	return ok;
-}
-
 static void copies(const char *prefix, int n, uint64_t len, unsigned seed,
 		   struct cache *c, struct cfile **out)
 {
@@ -77,7 +47,7 @@ static void copies(const char *prefix, int n, uint64_t len, unsigned seed,
 
 		snprintf(name, sizeof(name), "%s%d", prefix, i);
 		testfs_make(name, len, seed);
-		out[i] = open_file(c, name);
+		out[i] = tc_open(c, name);
 	}
 }
 
@@ -90,7 +60,7 @@ static void test_identical_copies_share_frames(void)
 
 	copies("same", 8, 2 << 20, 1, e.c, f);
 	for (int i = 0; i < 8; i++)
-		CHECK(matches(f[i], 0, 2 << 20, 1, NULL));
+		CHECK(tc_matches(f[i], 0, 2 << 20, 1, NULL));
 	dedup_get_stats(e.d, &ds);
 	cache_get_stats(e.c, &cs);
 	/* one copy's frames (512 pages) hold all eight */
@@ -119,7 +89,7 @@ static void test_cow_write_seen_by_writer_only(void)
 
 	copies("cow", 3, sizeof(model), 2, e.c, f);
 	for (int i = 0; i < 3; i++)
-		CHECK(matches(f[i], 0, sizeof(model), 2, NULL));
+		CHECK(tc_matches(f[i], 0, sizeof(model), 2, NULL));
 	testfs_fill(model, 0, sizeof(model), 2);
 	for (unsigned k = 0; k < sizeof(w) / sizeof(w[0]); k++) {
 		unsigned char buf[3 * PG];
@@ -128,9 +98,9 @@ static void test_cow_write_seen_by_writer_only(void)
 		memcpy(model + w[k].off, buf, w[k].len);
 		CHECK_EQ(cache_write(f[1], buf, w[k].len, w[k].off, false,
 				     NULL), (ssize_t)w[k].len);
-		CHECK(matches(f[1], 0, sizeof(model), 0, model));
-		CHECK(matches(f[0], 0, sizeof(model), 2, NULL));
-		CHECK(matches(f[2], 0, sizeof(model), 2, NULL));
+		CHECK(tc_matches(f[1], 0, sizeof(model), 0, model));
+		CHECK(tc_matches(f[0], 0, sizeof(model), 2, NULL));
+		CHECK(tc_matches(f[2], 0, sizeof(model), 2, NULL));
 	}
 	cache_get_stats(e.c, &cs);
 	CHECK(cs.cow_breaks >= 7);
@@ -156,8 +126,8 @@ static void test_zero_pages_share_one_frame(void)
 	struct cache_stats cs;
 
 	testfs_make("zeros", 1000 * PG, 0);
-	f = open_file(e.c, "zeros");
-	CHECK(matches(f, 0, 1000 * PG, 0, NULL));
+	f = tc_open(e.c, "zeros");
+	CHECK(tc_matches(f, 0, 1000 * PG, 0, NULL));
 	dedup_get_stats(e.d, &ds);
 	cache_get_stats(e.c, &cs);
 	CHECK_EQ(ds.zero_pages, 1000);
@@ -165,8 +135,8 @@ static void test_zero_pages_share_one_frame(void)
 	/* writing into a zero page breaks it away from the zero frame */
 	CHECK_EQ(cache_write(f, "q", 1, 10 * PG, false, NULL), 1);
 	unsigned char model[PG] = { 'q' };
-	CHECK(matches(f, 10 * PG, PG, 0, model));
-	CHECK(matches(f, 11 * PG, PG, 0, NULL));
+	CHECK(tc_matches(f, 10 * PG, PG, 0, model));
+	CHECK(tc_matches(f, 11 * PG, PG, 0, NULL));
 	dedup_get_stats(e.d, &ds);
 	CHECK_EQ(ds.zero_pages, 999);
 	cfile_put(f);
@@ -181,8 +151,8 @@ static void test_scanner_remerges_written_page(void)
 	unsigned char orig[PG];
 
 	copies("re", 2, 8 * PG, 3, e.c, f);
-	CHECK(matches(f[0], 0, 8 * PG, 3, NULL));
-	CHECK(matches(f[1], 0, 8 * PG, 3, NULL));
+	CHECK(tc_matches(f[0], 0, 8 * PG, 3, NULL));
+	CHECK(tc_matches(f[1], 0, 8 * PG, 3, NULL));
 	dedup_get_stats(e.d, &ds);
 	CHECK_EQ(ds.pages_sharing, 8);
 	/* change page 2 of copy 1, then put the old bytes back */
@@ -200,7 +170,7 @@ static void test_scanner_remerges_written_page(void)
 	CHECK_EQ(ds.pages_sharing, 8);
 	CHECK_EQ(ds.pages_volatile, 0);
 	CHECK(ds.full_scans >= 2);
-	CHECK(matches(f[1], 0, 8 * PG, 3, NULL));
+	CHECK(tc_matches(f[1], 0, 8 * PG, 3, NULL));
 	cfile_put(f[0]);
 	cfile_put(f[1]);
 	free_env(&e);
@@ -225,10 +195,10 @@ static void test_scanner_merges_two_written_copies(void)
 	CHECK_EQ(dedup_scan_now(e.d, true), 0);
 	dedup_get_stats(e.d, &ds);
 	CHECK_EQ(ds.pages_sharing, 4);
-	CHECK(matches(f[0], 0, sizeof(buf), 4, NULL));
+	CHECK(tc_matches(f[0], 0, sizeof(buf), 4, NULL));
 	/* and a write after the merge is still private */
 	CHECK_EQ(cache_write(f[0], "!", 1, PG, false, NULL), 1);
-	CHECK(matches(f[1], 0, sizeof(buf), 4, NULL));
+	CHECK(tc_matches(f[1], 0, sizeof(buf), 4, NULL));
 	cfile_put(f[0]);
 	cfile_put(f[1]);
 	free_env(&e);
@@ -242,13 +212,13 @@ static void test_truncate_and_release_keep_other_copy(void)
 
 	copies("tr", 3, 64 * PG, 5, e.c, f);
 	for (int i = 0; i < 3; i++)
-		CHECK(matches(f[i], 0, 64 * PG, 5, NULL));
+		CHECK(tc_matches(f[i], 0, 64 * PG, 5, NULL));
 	CHECK_EQ(cache_truncate(f[0], 10 * PG + 7), 0);
-	CHECK(matches(f[1], 0, 64 * PG, 5, NULL));
+	CHECK(tc_matches(f[1], 0, 64 * PG, 5, NULL));
 	cfile_set_orphan(f[2], true); /* unlink-and-close of a copy */
 	cfile_put(f[2]);
-	CHECK(matches(f[1], 0, 64 * PG, 5, NULL));
-	CHECK(matches(f[0], 0, 10 * PG + 7, 5, NULL));
+	CHECK(tc_matches(f[1], 0, 64 * PG, 5, NULL));
+	CHECK(tc_matches(f[0], 0, 10 * PG + 7, 5, NULL));
 	dedup_get_stats(e.d, &ds);
 	/* f0 keeps 10 whole pages on f1's frames; its tail page differs */
 	CHECK_EQ(ds.pages_sharing, 10);
@@ -271,7 +241,7 @@ static void test_max_page_sharing_chains(void)
 
 	copies("mx", 5, 4 * PG, 6, e.c, f);
 	for (int i = 0; i < 5; i++)
-		CHECK(matches(f[i], 0, 4 * PG, 6, NULL));
+		CHECK(tc_matches(f[i], 0, 4 * PG, 6, NULL));
 	dedup_get_stats(e.d, &ds);
 	cache_get_stats(e.c, &cs);
 	/* five copies, two per frame: three frames per page */
@@ -306,8 +276,8 @@ static void test_uid_scope_never_shares_across_owners(void)
 		testfs_make(name, 8 * PG, 7);
 		snprintf(path, sizeof(path), "%s/%s", testfs_dir, name);
 		REQUIRE(chown(path, owner[i], owner[i]) == 0);
-		f[i] = open_file(e.c, name);
-		CHECK(matches(f[i], 0, 8 * PG, 7, NULL));
+		f[i] = tc_open(e.c, name);
+		CHECK(tc_matches(f[i], 0, 8 * PG, 7, NULL));
 	}
 	dedup_get_stats(e.d, &ds);
 	/* own0 and own1 (same owner) share; the others keep their frames */
@@ -327,11 +297,11 @@ static void test_eviction_of_shared_frames(void)
 
 	copies("ev", 4, 64 * PG, 8, e.c, f);
 	testfs_make("evother", 256 * PG, 9);
-	g = open_file(e.c, "evother");
+	g = tc_open(e.c, "evother");
 	for (int round = 0; round < 3; round++) {
 		for (int i = 0; i < 4; i++)
-			CHECK(matches(f[i], 0, 64 * PG, 8, NULL));
-		CHECK(matches(g, 0, 256 * PG, 9, NULL));
+			CHECK(tc_matches(f[i], 0, 64 * PG, 8, NULL));
+		CHECK(tc_matches(g, 0, 256 * PG, 9, NULL));
 	}
 	cache_get_stats(e.c, &cs);
 	CHECK(cs.evictions > 0);
@@ -361,7 +331,7 @@ static void test_warm_restart_reads_one_copy(void)
 	e = new_env(64 << 20, tune_state);
 	copies("warm", 8, 256 * PG, 12, e.c, f);
 	for (int i = 0; i < 8; i++)
-		CHECK(matches(f[i], 0, 256 * PG, 12, NULL));
+		CHECK(tc_matches(f[i], 0, 256 * PG, 12, NULL));
 	for (int i = 0; i < 8; i++)
 		cfile_put(f[i]);
 	free_env(&e); /* the store commits what is queued */
@@ -386,10 +356,10 @@ static void test_warm_restart_reads_one_copy(void)
 		char name[16];
 
 		snprintf(name, sizeof(name), "warm%d", i);
-		f[i] = open_file(e.c, name);
+		f[i] = tc_open(e.c, name);
 	}
 	for (int i = 0; i < 8; i++)
-		CHECK(matches(f[i], 0, 256 * PG, 12, i == 5 ? model : NULL));
+		CHECK(tc_matches(f[i], 0, 256 * PG, 12, i == 5 ? model : NULL));
 	dedup_get_stats(e.d, &ds);
 	cache_get_stats(e.c, &cs);
 	if (getenv("TEST_VERBOSE"))
@@ -478,12 +448,12 @@ static void test_stored_tag_match_other_sha256_is_read(void)
 	record_pages("cv", NCOLL, 22, 21);
 
 	e = new_env(64 << 20, tune_state);
-	x = open_file(e.c, "cx");
-	v = open_file(e.c, "cv");
-	CHECK(matches(x, 0, NCOLL * PG, 22, NULL));
+	x = tc_open(e.c, "cx");
+	v = tc_open(e.c, "cv");
+	CHECK(tc_matches(x, 0, NCOLL * PG, 22, NULL));
 	dedup_get_stats(e.d, &ds);
 	CHECK_EQ(ds.digests_computed, NCOLL);   /* cx's fills, records true */
-	CHECK(matches(v, 0, NCOLL * PG, 21, NULL));
+	CHECK(tc_matches(v, 0, NCOLL * PG, 21, NULL));
 	dedup_get_stats(e.d, &ds);
 	cache_get_stats(e.c, &cs);
 	CHECK_EQ(ds.store_hits, 0);
@@ -513,11 +483,11 @@ static void test_stored_sha256_match_maps_unread(void)
 	record_pages("my", npages, 22, 22);
 
 	e = new_env(64 << 20, tune_state);
-	x = open_file(e.c, "mx");
-	y = open_file(e.c, "my");
-	CHECK(matches(x, 0, npages * PG, 22, NULL));
+	x = tc_open(e.c, "mx");
+	y = tc_open(e.c, "my");
+	CHECK(tc_matches(x, 0, npages * PG, 22, NULL));
 	dedup_get_stats(e.d, &before);
-	CHECK(matches(y, 0, npages * PG, 22, NULL));
+	CHECK(tc_matches(y, 0, npages * PG, 22, NULL));
 	dedup_get_stats(e.d, &ds);
 	cache_get_stats(e.c, &cs);
 	CHECK_EQ(ds.store_hits, npages);
@@ -612,10 +582,10 @@ static void test_fill_hashes_content_not_the_record(void)
 	CHECK_EQ(records_right("la", NCOLL, 23), 0);
 
 	e = new_env(64 << 20, tune_state);
-	a = open_file(e.c, "la");
-	b = open_file(e.c, "lb");
-	CHECK(matches(a, 0, NCOLL * PG, 23, NULL));
-	CHECK(matches(b, 0, NCOLL * PG, 23, NULL));
+	a = tc_open(e.c, "la");
+	b = tc_open(e.c, "lb");
+	CHECK(tc_matches(a, 0, NCOLL * PG, 23, NULL));
+	CHECK(tc_matches(b, 0, NCOLL * PG, 23, NULL));
 	dedup_get_stats(e.d, &ds);
 	CHECK_EQ(ds.pages_sharing, NCOLL);
 	CHECK_EQ(ds.hashes_computed, 2 * NCOLL);
@@ -757,7 +727,7 @@ static void test_store_mix_within_2_percent_of_unique_bytes(void)
 
 	e = new_env(96 << 20, tune_state);
 	for (int i = 0; i < 5; i++) {
-		f[i] = open_file(e.c, names[i]);
+		f[i] = tc_open(e.c, names[i]);
 		read_through(f[i], len);
 	}
 	for (int i = 0; i < 5; i++)

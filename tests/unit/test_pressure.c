@@ -10,18 +10,9 @@
 
 #define PG 4096u
 
-static struct cache *new_cache(uint64_t bytes)
-{
-	struct cache_config cfg = { .size_bytes = bytes, .writeback_ms = 100 };
-	struct cache *c;
-
-	REQUIRE(cache_create(&cfg, &c) == 0);
-	return c;
-}
-
 static void test_shrink_gives_a_quarter_back(void)
 {
-	struct cache *c = new_cache(4 << 20);
+	struct cache *c = tc_new_cache(4 << 20);
 	struct cache_stats st;
 	struct cfile *f;
 	uint64_t freed;
@@ -52,7 +43,7 @@ static void test_shrink_gives_a_quarter_back(void)
 
 static void test_eviction_keeps_shared_frames_longer(void)
 {
-	struct cache *c = new_cache(64 * PG);
+	struct cache *c = tc_new_cache(64 * PG);
 	struct dedup_config dc;
 	struct dedup *d;
 	struct cfile *a, *b, *u, *v;

@@ -4,7 +4,7 @@
  * hashing; writes, punched holes and re-clones behind the cache never
  * serve stale data. Skipped (77) without root, mkfs.xfs or loop devices.
  */
-#include "testfs.h"
+#include "testcache.h"
 #include "cache_i.h"
 #include "dedup_i.h" /* to take a frame out of the stable tree */
 
@@ -93,23 +93,6 @@ static struct cfile *open_file(struct cache *c, const char *name)
 	return f;
 }
 
-static int matches(struct cfile *f, uint64_t off, size_t len, unsigned seed,
-		   const unsigned char *expect)
-{
-	unsigned char *got = malloc(len), *want = malloc(len);
-	int ok;
-
-	if (expect)
-		memcpy(want, expect, len);
-	else
-		testfs_fill(want, off, len, seed);
-	ok = cache_pread(f, got, len, off) == (ssize_t)len &&
-	     !memcmp(got, want, len);
-	free(got);
-	free(want);
-	return ok;
-}
-
 static void make_on_xfs(const char *name, uint64_t len, unsigned seed)
 {
 	char saved[256];
@@ -174,9 +157,9 @@ static void test_identity_moved_by_content_merge(struct cache *c)
 	a = open_file(c, "mv_a");
 	b = open_file(c, "mv_b");
 	cc = open_file(c, "mv_c");
-	CHECK(matches(r, 0, len, 41, NULL));
+	CHECK(tc_matches(r, 0, len, 41, NULL));
 	CHECK_EQ(cache_clone_range(a, 0, b, 0, len), (ssize_t)len);
-	CHECK(matches(b, 0, len, 41, NULL));
+	CHECK(tc_matches(b, 0, len, 41, NULL));
 	/* B goes away; A's block is its own again (XFS frees an unlinked
 	 * inode's blocks in the background; statfs pushes that on) */
 	remove_on_xfs("mv_b");
@@ -193,9 +176,9 @@ static void test_identity_moved_by_content_merge(struct cache *c)
 	CHECK_EQ(cache_fsync(a, false), 0);
 	CHECK_EQ(cache_invalidate_file(a), 0);
 	CHECK_EQ(cache_clone_range(a, 0, cc, 0, len), (ssize_t)len);
-	CHECK(matches(cc, 0, PG, 0, page));
-	CHECK(matches(a, 0, PG, 0, page));
-	CHECK(matches(r, 0, len, 41, NULL));
+	CHECK(tc_matches(cc, 0, PG, 0, page));
+	CHECK(tc_matches(a, 0, PG, 0, page));
+	CHECK(tc_matches(r, 0, len, 41, NULL));
 	cfile_put(r);
 	cfile_put(a);
 	cfile_put(cc);
@@ -244,7 +227,7 @@ static void test_cow_of_block_frame_gaining_a_mapper(struct cache *c,
 	clone_file("cw_a", "cw_b");
 	a = open_file(c, "cw_a");
 	b = open_file(c, "cw_b");
-	CHECK(matches(a, 0, len, 43, NULL));
+	CHECK(tc_matches(a, 0, len, 43, NULL));
 	/* Out of the stable tree, still known by its block. */
 	pthread_rwlock_rdlock(&a->pidx_lock);
 	fid = pidx_lookup(&a->pidx, 0);
@@ -264,14 +247,14 @@ static void test_cow_of_block_frame_gaining_a_mapper(struct cache *c,
 	CHECK_EQ(cache_failpoint_set("pause_write_cow", "wait"), 0);
 	/* the clone's read maps A's frame by its block meanwhile */
 	testfs_fill(old, 0, PG, 43);
-	CHECK(matches(b, 0, PG, 0, old));
+	CHECK(tc_matches(b, 0, PG, 0, old));
 	CHECK_EQ(cache_failpoint_set("pause_write_cow", "0"), 0);
 	pthread_join(t, NULL);
 	CHECK_EQ(w.ret, (ssize_t)PG);
-	CHECK(matches(a, 0, PG, 0, page));
-	CHECK(matches(b, 0, PG, 0, old));
+	CHECK(tc_matches(a, 0, PG, 0, page));
+	CHECK(tc_matches(b, 0, PG, 0, old));
 	CHECK_EQ(cache_fsync(a, false), 0);
-	CHECK(matches(b, 0, len, 43, NULL));
+	CHECK(tc_matches(b, 0, len, 43, NULL));
 	cfile_put(a);
 	cfile_put(b);
 	printf("ok cow_of_block_frame_gaining_a_mapper\n");
@@ -322,7 +305,7 @@ int main(void)
 
 	/* 8 clones: one copy read from disk and hashed, the rest mapped */
 	for (int i = 0; i < 8; i++)
-		CHECK(matches(f[i], 0, NPAGES * PG, 1, NULL));
+		CHECK(tc_matches(f[i], 0, NPAGES * PG, 1, NULL));
 	dedup_get_stats(d, &ds);
 	cache_get_stats(c, &cs);
 	CHECK_EQ(ds.reflink_merges, 7 * NPAGES);
@@ -338,10 +321,10 @@ int main(void)
 	CHECK_EQ(cache_write(f[3], model + 10 * PG + 5, 3 * PG, 10 * PG + 5,
 			     false, NULL), 3 * PG);
 	CHECK_EQ(cache_fsync(f[3], false), 0);
-	CHECK(matches(f[3], 0, NPAGES * PG, 0, model));
+	CHECK(tc_matches(f[3], 0, NPAGES * PG, 0, model));
 	for (int i = 0; i < 8; i++)
 		if (i != 3)
-			CHECK(matches(f[i], 0, NPAGES * PG, 1, NULL));
+			CHECK(tc_matches(f[i], 0, NPAGES * PG, 1, NULL));
 	printf("ok reflink_write_stays_private\n");
 
 	/* punch a hole through the cache in clone 5 */
@@ -349,8 +332,8 @@ int main(void)
 				 FALLOC_FL_KEEP_SIZE, 100 * PG, 50 * PG), 0);
 	testfs_fill(model, 0, NPAGES * PG, 1);
 	memset(model + 100 * PG, 0, 50 * PG);
-	CHECK(matches(f[5], 0, NPAGES * PG, 0, model));
-	CHECK(matches(f[6], 0, NPAGES * PG, 1, NULL));
+	CHECK(tc_matches(f[5], 0, NPAGES * PG, 0, model));
+	CHECK(tc_matches(f[6], 0, NPAGES * PG, 1, NULL));
 	printf("ok reflink_punch_hole\n");
 
 	/* behind the cache: re-clone c7 from a new file, then reopen it */
@@ -364,12 +347,12 @@ int main(void)
 	}
 	clone_file("other", "c7");
 	CHECK_EQ(cfile_revalidate(f[7]), 0);
-	CHECK(matches(f[7], 0, NPAGES * PG, 2, NULL));
+	CHECK(tc_matches(f[7], 0, NPAGES * PG, 2, NULL));
 	/* and a fresh clone of the changed file reads right too */
 	clone_file("c7", "c8");
 	struct cfile *g = open_file(c, "c8");
-	CHECK(matches(g, 0, NPAGES * PG, 2, NULL));
-	CHECK(matches(f[0], 0, NPAGES * PG, 1, NULL));
+	CHECK(tc_matches(g, 0, NPAGES * PG, 2, NULL));
+	CHECK(tc_matches(f[0], 0, NPAGES * PG, 1, NULL));
 	cfile_put(g);
 	printf("ok reflink_reclone_behind_not_stale\n");
 
@@ -386,7 +369,7 @@ int main(void)
 		dedup_get_stats(d, &ds);
 		uint64_t before = ds.zero_pages;
 		memset(model, 0, 64 * PG);
-		CHECK(matches(g, 0, 64 * PG, 0, model));
+		CHECK(tc_matches(g, 0, 64 * PG, 0, model));
 		dedup_get_stats(d, &ds);
 		CHECK_EQ(ds.zero_pages, before + 64);
 		cfile_put(g);
@@ -403,14 +386,14 @@ int main(void)
 		REQUIRE(fd >= 0);
 		close(fd);
 		g = open_file(c, "made");
-		CHECK(matches(f[0], 0, NPAGES * PG, 1, NULL));
+		CHECK(tc_matches(f[0], 0, NPAGES * PG, 1, NULL));
 		dedup_get_stats(d, &ds);
 		cache_get_stats(c, &cs);
 		uint64_t sharing = ds.pages_sharing, reads = cs.backing_read_bytes;
 		CHECK_EQ(cache_clone_range(f[0], 0, g, 0, NPAGES * PG),
 			 NPAGES * PG);
 		CHECK_EQ(cfile_size(g), NPAGES * PG);
-		CHECK(matches(g, 0, NPAGES * PG, 1, NULL));
+		CHECK(tc_matches(g, 0, NPAGES * PG, 1, NULL));
 		dedup_get_stats(d, &ds);
 		cache_get_stats(c, &cs);
 		CHECK_EQ(ds.pages_sharing, sharing + NPAGES);
@@ -419,7 +402,7 @@ int main(void)
 		CHECK_EQ(cache_clone_range(f[0], 100, g, 0, PG), -EINVAL);
 		/* and the clone is independent */
 		CHECK_EQ(cache_write(g, "W", 1, 0, false, NULL), 1);
-		CHECK(matches(f[0], 0, NPAGES * PG, 1, NULL));
+		CHECK(tc_matches(f[0], 0, NPAGES * PG, 1, NULL));
 		cfile_put(g);
 		printf("ok clone_through_cache_shares_frames\n");
 	}

@@ -1,13 +1,24 @@
 /*
- * testcache: helpers the cache and dedup unit tests share: open a file of
- * the test directory through a cache, and read a range through it and
- * compare it with the seeded content (testfs.h) or given bytes.
+ * testcache: helpers the cache and dedup unit tests share: a cache of a
+ * given size, open a file of the test directory through it, and read a
+ * range through it and compare it with the seeded content (testfs.h) or
+ * given bytes.
  */
 #ifndef SAMEPAGE_TESTCACHE_H
 #define SAMEPAGE_TESTCACHE_H
 
 #include "testfs.h"
 #include "cache.h"
+
+/* A cache of bytes with a writeback interval short enough for tests. */
+static inline struct cache *tc_new_cache(uint64_t bytes)
+{
+	struct cache_config cfg = { .size_bytes = bytes, .writeback_ms = 100 };
+	struct cache *c;
+
+	REQUIRE(cache_create(&cfg, &c) == 0);
+	return c;
+}
 
 static inline struct cfile *tc_open(struct cache *c, const char *name)
 {
