@@ -1,7 +1,8 @@
 /*
  * store_i: the insides of struct store, shared by store.c (open, close,
- * the caller-side API: reads, queueing, masks), store_txn.c (LMDB error
- * mapping, the transaction wrapper, record codecs), store_writer.c (the
+ * the caller-side API: reads, queueing, masks), store_txn.c (the
+ * transaction wrapper, record codecs; LMDB codes become -errno in
+ * store_errno.c, which samepagectl links too), store_writer.c (the
  * writer thread: batches, map growth, quota pruning) and store_check.c
  * (the file check before open).
  *
@@ -27,6 +28,7 @@
 #define SAMEPAGE_STORE_I_H
 
 #include "store.h"
+#include "store_errno.h"
 
 #include <endian.h>
 #include <lmdb.h>
@@ -139,9 +141,6 @@ struct store {
 };
 
 /* ---- store_txn.c ---- */
-
-/* The one place MDB_* codes become -errno. */
-int store_errno(int mdb_rc);
 
 /*
  * Transaction wrapper with a sticky error: after the first failure every

@@ -1,51 +1,11 @@
 /*
- * store_txn: LMDB error mapping, the transaction wrapper with a sticky
- * error, and the record codecs of the store. See store_i.h.
+ * store_txn: the transaction wrapper with a sticky error, and the record
+ * codecs of the store. See store_i.h.
  */
 #include "store_i.h"
 
 #include <errno.h>
 #include <openssl/evp.h>
-
-int store_errno(int rc)
-{
-	switch (rc) {
-	case MDB_SUCCESS:
-		return 0;
-	case MDB_NOTFOUND:
-		return -ENOENT;
-	case MDB_KEYEXIST:
-		return -EEXIST;
-	case MDB_MAP_FULL:
-	case MDB_TXN_FULL:
-	case MDB_PAGE_FULL:
-	case MDB_CURSOR_FULL:
-		return -ENOSPC;
-	case MDB_READERS_FULL:
-	case MDB_TLS_FULL:
-	case MDB_MAP_RESIZED:
-		return -EAGAIN;
-	case MDB_DBS_FULL:
-		return -EMFILE;
-	case MDB_INVALID:
-	case MDB_CORRUPTED:
-	case MDB_PAGE_NOTFOUND:
-	case MDB_VERSION_MISMATCH:
-		return -EBADMSG;
-	case MDB_INCOMPATIBLE:
-		return -EPROTO;
-	case MDB_BAD_RSLOT:
-	case MDB_BAD_TXN:
-	case MDB_BAD_VALSIZE:
-	case MDB_BAD_DBI:
-		return -EINVAL;
-	case MDB_PANIC:
-		return -EIO;
-	default:
-		/* System errors come as positive errno values. */
-		return rc > 0 ? -rc : -EIO;
-	}
-}
 
 void stxn_fail(struct stxn *t, int rc)
 {

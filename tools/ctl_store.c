@@ -3,6 +3,7 @@
  */
 #include "ctl_store.h"
 #include "ctl_format.h"
+#include "store_errno.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -19,29 +20,6 @@
 #define STORE_MAX_DBS 512
 /* LMDB's own limit on key length (default build). */
 #define STORE_MAX_NAME 511
-
-/* The one place LMDB return codes become errnos. */
-static int mdb_to_errno(int rc)
-{
-	switch (rc) {
-	case MDB_SUCCESS:
-		return 0;
-	case MDB_INVALID:
-		return -EINVAL;
-	case MDB_VERSION_MISMATCH:
-		return -EPROTO;
-	case MDB_NOTFOUND:
-		return -ENOENT;
-	case MDB_READERS_FULL:
-		return -EAGAIN;
-	case MDB_MAP_RESIZED:
-	case MDB_CORRUPTED:
-	case MDB_PAGE_NOTFOUND:
-		return -EUCLEAN;
-	default:
-		return rc > 0 ? -rc : -EIO;
-	}
-}
 
 /*
  * LMDB's meta page starts with a 16-byte page header, then the magic.
@@ -179,7 +157,7 @@ static int report_databases(FILE *f, const char *prog, const char *dir,
 out_err:
 	fprintf(stderr, "%s: %s: cannot read store: %s\n", prog, dir,
 		mdb_strerror(rc));
-	return mdb_to_errno(rc);
+	return store_errno(rc);
 }
 
 int ctl_store_report(FILE *f, const char *prog, const char *dir)
@@ -273,5 +251,5 @@ out_close_env:
 	mdb_env_close(env);
 out_msg:
 	fprintf(stderr, "%s: %s: %s\n", prog, dir, open_reason(rc));
-	return mdb_to_errno(rc);
+	return store_errno(rc);
 }

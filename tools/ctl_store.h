@@ -12,9 +12,10 @@
  *
  * Locking: none (single-threaded tool; one short read transaction).
  *
- * Errors: 0 or -errno. LMDB's own codes are mapped in one place
- * (ctl_store.c: mdb_to_errno); the message printed to stderr names the
- * directory and the reason, so callers only choose the exit code.
+ * Errors: 0 or -errno. LMDB's own codes are mapped where the store's are
+ * (dedup/store_errno.h, linked into samepagectl); the message printed to
+ * stderr names the directory and the reason, so callers only choose the
+ * exit code.
  */
 #ifndef SAMEPAGE_CTL_STORE_H
 #define SAMEPAGE_CTL_STORE_H
