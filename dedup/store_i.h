@@ -1,10 +1,17 @@
 /*
- * store_i: the insides of struct store, shared by store.c (open, close,
- * the caller-side API: reads, queueing, masks), store_txn.c (the
- * transaction wrapper, record codecs; LMDB codes become -errno in
- * store_errno.c, which samepagectl links too), store_writer.c (the
- * writer thread: batches, map growth, quota pruning) and store_check.c
- * (the file check before open).
+ * store_i: the insides of struct store, shared by the files of the store
+ * module, one job each:
+ *   store_open.c    open and close: the directory and its lock, the
+ *                   environment, the databases and meta, older formats
+ *   store_check.c   the check of data.mdb before LMDB maps it
+ *   store.c         the reads on the caller's thread, statistics
+ *   store_queue.c   queueing updates for the writer, the masks
+ *   store_writer.c  the writer thread: batches, map growth, pause
+ *   store_apply.c   what an update does to the records (struct wctx)
+ *   store_prune.c   keeping the store inside its quota
+ *   store_txn.c     the transaction wrapper, the record codecs
+ *   store_errno.c   LMDB codes as -errno (store_errno.h; samepagectl
+ *                   links it too)
  *
  * Locking (never nested; no LMDB call is made under q_lock):
  *   q_lock    the queue, the sequence numbers, stop/sync flags, the mask
@@ -19,7 +26,7 @@
  * mount, an unlink) is queued, so for up to one batch period the committed
  * store still holds the old fingerprints. The cache trusts a stored
  * fingerprint without comparing content, so until the update commits the
- * file's id is masked: store_get_fps() reports no page. A mask is checked
+ * file's id is masked: store_get_recs() reports no page. A mask is checked
  * *before* the read transaction begins and removed only *after* the commit,
  * so a reader either sees the mask or a snapshot with the update in it.
  * Masks of updates that never commit (persistence paused) stay forever.
@@ -270,16 +277,68 @@ bool store_chunk_dec(const uint8_t *v, size_t len, struct store_chunk *c);
 /* Encode into v (STORE_CHUNK_MAX bytes); returns the length. */
 size_t store_chunk_enc(const struct store_chunk *c, uint8_t *v);
 
+/* ---- store_queue.c ---- */
+
+/* Lift masks whose update is now committed (q_lock held). */
+void store_masks_lift(struct store *s);
+/* Is fid masked (q_lock not held)? Asked before a read transaction. */
+bool store_masked(struct store *s, uint64_t fid);
+/* Queue a plain update; 0 without queueing when not persisting, -ENOMEM
+ * if the queue is full. */
+int store_queue_op(struct store *s, const struct store_op *op);
+
+/* ---- store_apply.c (writer thread only) ---- */
+
+/* One write transaction of the writer, with what it changes in meta
+ * kept aside until commit. */
+struct wctx {
+	struct stxn t;
+	uint64_t now_s;
+	uint64_t next_fid;          /* 0: not read from meta yet */
+	uint64_t next_run;          /* 0: not read from meta yet */
+	bool fid_dirty, run_dirty;
+	int64_t pages, digests;     /* changes of the meta counts */
+	uint64_t freed;             /* digests of runs dropped */
+	/* The chunk being appended to, decoded (ch_run 0: none). */
+	uint64_t ch_run, ch_no;
+	bool ch_dirty;
+	struct store_chunk ch;
+};
+
+void wctx_begin(struct store *s, struct wctx *w);
+/* Write the meta counts and the open chunk, then commit: 0 or -errno
+ * (w->t.rc says which LMDB code). */
+int wctx_commit(struct wctx *w);
+/* A u64 of meta (0 if absent), and setting one. */
+uint64_t wctx_meta_get(struct wctx *w, const char *key);
+void wctx_meta_put(struct wctx *w, const char *key, uint64_t val);
+/* Length and refs of a run; false if it has no record. */
+bool wctx_run_get(struct wctx *w, uint64_t run, uint64_t *len,
+		  uint64_t *refs);
+/* Drop pages [first, end) of file fid from its recipes, touching at most
+ * limit recipes; returns how many pages were described, *next (if not
+ * NULL) where to go on from. */
+uint64_t wctx_drop_some(struct wctx *w, uint64_t fid, uint64_t first,
+			uint64_t end, uint64_t limit, uint64_t *next);
+uint64_t wctx_drop_range(struct wctx *w, uint64_t fid, uint64_t first,
+			 uint64_t end);
+/* Apply one queued update. */
+void wctx_apply(struct wctx *w, const struct store_op *op);
+
+/* ---- store_prune.c (writer thread only) ---- */
+
+/* Drop (100 - STORE_PRUNE_LOW)% of the records, least useful first. */
+void store_prune(struct store *s);
+/* Forget every file (meta stays): 0 or -errno. */
+int store_empty(struct store *s);
+/* Prune if the live pages passed STORE_PRUNE_HIGH% of the quota. */
+void store_check_quota(struct store *s);
+
 /* ---- store_writer.c ---- */
 
 void *store_writer_main(void *arg);
 /* Log once and stop persisting: drop the queue, accept no more updates. */
 void store_pause(struct store *s, int err, const char *what);
-
-/* ---- store.c ---- */
-
-/* Lift masks whose update is now committed (q_lock held). */
-void store_masks_lift(struct store *s);
 
 /* ---- store_check.c ---- */
 
