@@ -5,7 +5,7 @@
  * keyed by fingerprint; content immutable while in it), the unstable tree
  * of the scanner, the zero frame, the physical-extent table of reflinked
  * pages, the SHA-256 digests of frames that pages may be mapped to
- * without being read (warm restart, persist.c) and the scanner thread.
+ * without being read (warm restart, persist_i.h) and the scanner thread.
  * Plugs into the cache through struct cache_share_ops (frame.h), so the
  * cache never includes this.
  *
@@ -93,7 +93,7 @@ int dedup_set_knob(struct dedup *d, const char *key, const char *value);
  * -ERANGE if buf is too small. */
 int dedup_format_knobs(struct dedup *d, char *buf, size_t len);
 /* Record now the shared pages that still wait for the scanner to digest
- * them (see persist.c). At unmount, before the files drop their pages: a
+ * them (see persist_i.h). At unmount, before the files drop their pages: a
  * page is recorded through its mapping. */
 void dedup_flush(struct dedup *d);
 /* A file lost its last name (through the mount): its stored records go. */

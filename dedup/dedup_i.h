@@ -28,8 +28,9 @@ struct dedup {
 	struct stree phys;                  /* map_lock */
 	struct store *store;                /* NULL: no persistence */
 	_Atomic uint64_t store_hits;        /* pages mapped by a stored fp */
-	/* persist.c: SHA-256 digests of frames (see there). Mapped with the
-	 * store, capacity entries each, touched only where used. */
+	/* persist_dtab.c: SHA-256 digests of frames (see persist_i.h).
+	 * Mapped with the store, capacity entries each, touched only where
+	 * used. */
 	uint8_t (*digest)[FP_DIGEST_LEN];   /* map_lock; valid with F_DIGEST */
 	struct stree dtab;                  /* map_lock: the STABLE frames with
 					     * F_DIGEST, by the digest's first
@@ -92,7 +93,7 @@ void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target);
  * pidx_lock (write) held, map_lock not. */
 void reflink_changed(struct dedup *d, struct cfile *f);
 
-/* persist.c: the LMDB store seen from the cache's side */
+/* persist*.c: the LMDB store seen from the cache's side (persist_i.h) */
 int persist_open(struct dedup *d, const struct dedup_config *cfg);
 void persist_close(struct dedup *d);
 uint32_t persist_lookup(struct dedup *d, struct cfile *f, uint64_t index);

@@ -20,7 +20,8 @@
  * (at most 16) further passes, as KSM does.
  *
  * The thread also takes the SHA-256 digests that persistence waits for
- * (persist.c: shared stable frames to be recorded), before each batch.
+ * (persist_dtab.c: shared stable frames to be recorded), before each
+ * batch.
  *
  * Locking: map_lock for a batch step; a file's pidx_lock is only *tried*
  * under it (the normal order is pidx_lock before map_lock).
@@ -172,7 +173,7 @@ static bool scan_batch(struct dedup *d, unsigned pages)
 
 /*
  * Each wake-up first gives the shared frames that wait for one their
- * digest (persist.c), as many as a batch scans pages: the work of
+ * digest (persist_dtab.c), as many as a batch scans pages: the work of
  * persistence, off the request path. With the scanner stopped (run 0) it
  * still wakes every DIGEST_IDLE_MS for that alone.
  */
