@@ -61,7 +61,7 @@ struct dedup_stats {
 	uint64_t pages_unshared;    /* clean frames in the trees, one mapper */
 	uint64_t pages_volatile;    /* written frames out of the trees */
 	uint64_t full_scans;
-	uint64_t content_merges;
+	uint64_t content_merges;    /* merges confirmed by memcmp() */
 	uint64_t reflink_merges;
 	uint64_t zero_pages;        /* mappings of the zero frame */
 	uint64_t hashes_computed;   /* XXH3 fingerprints */
@@ -71,6 +71,9 @@ struct dedup_stats {
 				     * cache's own) */
 	uint64_t store_hits;        /* pages mapped unread by a stored
 				     * fingerprint (its SHA-256 checked) */
+	uint64_t store_merges;      /* those mapped onto a resident frame,
+				     * not the zero frame: merges made on
+				     * the SHA-256, without memcmp() */
 	uint64_t store_files;       /* the whole store, resident or not */
 	uint64_t store_pages;
 	uint64_t store_distinct;

@@ -28,6 +28,7 @@ struct dedup {
 	struct stree phys;                  /* map_lock */
 	struct store *store;                /* NULL: no persistence */
 	_Atomic uint64_t store_hits;        /* pages mapped by a stored fp */
+	_Atomic uint64_t store_merges;      /* those onto a resident frame */
 	/* persist_dtab.c: SHA-256 digests of frames (see persist_i.h).
 	 * Mapped with the store, capacity entries each, touched only where
 	 * used. */

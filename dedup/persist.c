@@ -190,8 +190,10 @@ static uint32_t map_unread(struct dedup *d, struct cfile *f, uint64_t index,
 	}
 	atomic_fetch_add(&d->store_hits, 1);
 	if (cand != FID_ZERO) {
+		/* A merge on the stored SHA-256, not on memcmp(): counted
+		 * apart from content_merges. */
 		frame_set(cache_frame(c, cand), F_REF);
-		atomic_fetch_add(&d->content_merges, 1);
+		atomic_fetch_add(&d->store_merges, 1);
 	}
 	return cand;
 }
@@ -315,6 +317,7 @@ void persist_stats(struct dedup *d, struct dedup_stats *st)
 	struct store_stats ss;
 
 	st->store_hits = atomic_load(&d->store_hits);
+	st->store_merges = atomic_load(&d->store_merges);
 	st->digests_computed = atomic_load(&d->digests_computed);
 	if (!d->store)
 		return;

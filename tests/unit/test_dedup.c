@@ -372,6 +372,11 @@ static void test_warm_restart_reads_one_copy(void)
 	/* one copy read, plus the changed file whose records were dropped */
 	CHECK(cs.backing_read_bytes <= 2 * 256 * PG);
 	CHECK(ds.store_hits >= 6 * 256);
+	/* Mapped on the stored SHA-256s: store merges, not content merges,
+	 * which memcmp() confirmed (the changed file's pages, read). */
+	CHECK(ds.store_merges >= 6 * 256);
+	CHECK(ds.store_merges <= ds.store_hits);
+	CHECK(ds.content_merges <= 256);
 	/* What was read was hashed, what was mapped unread was not; only
 	 * pages with a record (warm0's) were digested. */
 	CHECK(ds.hashes_computed <= cs.backing_read_bytes / PG + 10);
