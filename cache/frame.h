@@ -71,6 +71,9 @@ enum {
 	F_CREDIT = 3u << 17,
 	F_DISCARDED = 1u << 19,
 	F_AHEAD = 1u << 20,    /* filled by readahead */
+	F_CHAIN = 1u << 21,    /* dedup: a stable frame made because an
+				* identical one had max_page_sharing
+				* mappers (counted in stable_chains) */
 };
 
 /*

@@ -108,7 +108,8 @@ int dedup_remap(struct dedup *d, struct cfile *f, uint64_t index,
 	return 0;
 }
 
-void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope)
+void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope,
+		       bool chain)
 {
 	struct frame *fr = cache_frame(d->c, fid);
 
@@ -120,7 +121,9 @@ void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope)
 		return; /* no memory: it simply stays unmerged */
 	fr->scope = scope;
 	frame_clear(fr, F_VOLATILE);
-	frame_set(fr, F_STABLE);
+	frame_set(fr, chain ? F_STABLE | F_CHAIN : F_STABLE);
+	if (chain)
+		atomic_fetch_add(&d->stable_chains, 1);
 	persist_stable(d, fid);
 }
 
@@ -130,15 +133,15 @@ static bool same_page(struct cache *c, uint32_t a, uint32_t b)
 }
 
 uint32_t dedup_merge_stable(struct dedup *d, struct cfile *f, uint64_t index,
-			    uint32_t fid)
+			    uint32_t fid, bool *full)
 {
 	struct cache *c = d->c;
 	struct frame *fr = cache_frame(c, fid);
 	uint16_t scope = dedup_scope_of(d, f);
 	unsigned max = atomic_load(&d->max_page_sharing);
 	uint32_t cand, pos = 0;
-	bool full = false;
 
+	*full = false;
 	if (atomic_load(&d->use_zero_pages) && fr->fp[0] == fp_zero()->lo &&
 	    fr->fp[1] == fp_zero()->hi &&
 	    fp_page_is_zero(cache_frame_data(c, fid)))
@@ -149,12 +152,12 @@ uint32_t dedup_merge_stable(struct dedup *d, struct cfile *f, uint64_t index,
 		if (cand == fid || cf->fp[1] != fr->fp[1] ||
 		    !scope_match(cf->scope, scope))
 			continue;
-		if (cf->nmappers >= max) {
-			full = true;
-			continue;
-		}
 		if (!same_page(c, cand, fid))
 			continue;
+		if (cf->nmappers >= max) {
+			*full = true;
+			continue;
+		}
 		dedup_move_phys(d, fid, cand);
 		persist_merged(d, fid, cand);
 		if (dedup_remap(d, f, index, fid, cand))
@@ -162,8 +165,6 @@ uint32_t dedup_merge_stable(struct dedup *d, struct cfile *f, uint64_t index,
 		atomic_fetch_add(&d->content_merges, 1);
 		return cand;
 	}
-	if (full)
-		atomic_fetch_add(&d->stable_chains, 1);
 	return 0;
 }
 
@@ -172,14 +173,15 @@ static uint32_t merge_fill(void *ctx, struct cfile *f, uint64_t index,
 {
 	struct dedup *d = ctx;
 	uint32_t to;
+	bool full;
 
 	if (d->scope == DEDUP_SCOPE_NONE ||
 	    !(frame_flags(cache_frame(d->c, fid)) & F_HASHED))
 		return fid;
-	to = dedup_merge_stable(d, f, index, fid);
+	to = dedup_merge_stable(d, f, index, fid, &full);
 	if (to)
 		return to;
-	dedup_make_stable(d, fid, dedup_scope_of(d, f));
+	dedup_make_stable(d, fid, dedup_scope_of(d, f), full);
 	return fid;
 }
 
@@ -215,11 +217,16 @@ static void file_gone(void *ctx, struct cfile *f)
 static void forget(void *ctx, uint32_t fid)
 {
 	struct dedup *d = ctx;
-	uint32_t fl = frame_flags(cache_frame(d->c, fid));
+	struct frame *fr = cache_frame(d->c, fid);
+	uint32_t fl = frame_flags(fr);
 
 	persist_forget(d, fid);
 	if (fl & F_STABLE)
 		stree_remove(&d->stable, fid);
+	if (fl & F_CHAIN) {
+		frame_clear(fr, F_CHAIN);
+		atomic_fetch_sub(&d->stable_chains, 1);
+	}
 	if (fl & F_UNSTABLE)
 		stree_remove(&d->unstable, fid);
 	if (fl & F_PHYS)
@@ -303,7 +310,7 @@ void dedup_destroy(struct dedup *d)
 	for (uint32_t fid = FID_FIRST; fid < d->c->ft.high; fid++)
 		frame_clear(cache_frame(d->c, fid),
 			    F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED |
-			    F_PERSISTED | F_DIGEST);
+			    F_PERSISTED | F_DIGEST | F_CHAIN);
 	stree_fini(&d->stable);
 	stree_fini(&d->unstable);
 	stree_fini(&d->phys);

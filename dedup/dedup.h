@@ -14,8 +14,9 @@
  *     content while both frames were resident.
  *   - A frame in the stable tree is never written: a writer gets a private
  *     copy (COW break) or, if it is the only mapper, takes it out first.
- *   - A frame mapped by more than max_page_sharing mappers is not merged
- *     into further; an identical frame starts a new chain entry.
+ *   - A frame mapped by max_page_sharing mappers is not merged into
+ *     further; an identical frame starts a new chain entry (F_CHAIN,
+ *     counted in stable_chains while it is in the stable tree).
  *   - A page is mapped without being read only to a stable frame whose
  *     own SHA-256 equals the one stored for the page: never on XXH3
  *     alone, which a crafted collision defeats.
@@ -66,7 +67,9 @@ struct dedup_stats {
 	uint64_t zero_pages;        /* mappings of the zero frame */
 	uint64_t hashes_computed;   /* XXH3 fingerprints */
 	uint64_t digests_computed;  /* SHA-256 digests (persistence) */
-	uint64_t stable_chains;     /* extra frames made by max_page_sharing */
+	uint64_t stable_chains;     /* stable frames that exist because an
+				     * identical one had max_page_sharing
+				     * mappers (a gauge) */
 	uint64_t metadata_bytes;    /* the trees and the digests (add the
 				     * cache's own) */
 	uint64_t store_hits;        /* pages mapped unread by a stored

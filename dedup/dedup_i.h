@@ -52,7 +52,9 @@ struct dedup {
 	unsigned scope_next;
 	unsigned ndevs;
 	_Atomic uint64_t content_merges, reflink_merges, hashes_computed,
-		full_scans, stable_chains;
+		full_scans;
+	_Atomic uint64_t stable_chains;     /* gauge: frames with F_CHAIN,
+					     * changed under map_lock */
 	/* scanner */
 	pthread_t thread;
 	bool thread_started;
@@ -75,14 +77,20 @@ static inline bool scope_match(uint16_t a, uint16_t b)
 }
 /* Try to merge frame fid mapped once at (f, index) into an identical
  * frame: the zero frame or a stable one. f's pidx_lock (write) and
- * map_lock held. Returns the frame now mapped there, or 0 if none. */
+ * map_lock held. Returns the frame now mapped there, or 0 if none; then
+ * *full says whether an identical stable frame of the scope was there
+ * but had max_page_sharing mappers. */
 uint32_t dedup_merge_stable(struct dedup *d, struct cfile *f, uint64_t index,
-			    uint32_t fid);
+			    uint32_t fid, bool *full);
 /* Move mapping (f, index) from fid to target (already confirmed equal). */
 int dedup_remap(struct dedup *d, struct cfile *f, uint64_t index,
 		uint32_t fid, uint32_t target);
-/* Make fid a stable frame (one mapper). map_lock held. */
-void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope);
+/* Make fid a stable frame (one mapper). chain: an identical stable frame
+ * is full (dedup_merge_stable), so fid is one more frame of that content,
+ * marked F_CHAIN and counted in stable_chains while it stays stable.
+ * map_lock held. */
+void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope,
+		       bool chain);
 
 /* reflink.c: map (f, index) to the resident frame of its physical block
  * (or the zero frame for an unwritten extent), or note a fill's block. */

@@ -47,9 +47,10 @@ static void note_failure(struct dedup *d, struct frame *fr)
 }
 
 /* Merge candidate fid at (f, index) with an unstable partner; both owners'
- * pidx locks are held by the caller (f's) or tried here. */
+ * pidx locks are held by the caller (f's) or tried here. chain: an
+ * identical stable frame is full (see dedup_make_stable). */
 static bool merge_unstable(struct dedup *d, struct cfile *f, uint64_t index,
-			   uint32_t fid)
+			   uint32_t fid, bool chain)
 {
 	struct cache *c = d->c;
 	struct frame *fr = cache_frame(c, fid);
@@ -77,7 +78,7 @@ static bool merge_unstable(struct dedup *d, struct cfile *f, uint64_t index,
 		     !(frame_flags(cf) & F_DIRTY);
 		if (ok) {
 			persist_unstable(d, cand);
-			dedup_make_stable(d, cand, scope);
+			dedup_make_stable(d, cand, scope, chain);
 			ok = (frame_flags(cf) & F_STABLE) &&
 			     !dedup_remap(d, f, index, fid, cand);
 		}
@@ -100,6 +101,7 @@ static void scan_one(struct dedup *d, uint32_t fid)
 	struct cfile *f;
 	uint64_t index;
 	struct fp h;
+	bool full;
 
 	if (fl & (F_FREE | F_ZERO | F_IO | F_DIRTY | F_WB | F_STABLE) ||
 	    !(fl & F_UPTODATE) || fr->nmappers != 1)
@@ -140,9 +142,11 @@ static void scan_one(struct dedup *d, uint32_t fid)
 	if (d->scope == DEDUP_SCOPE_NONE)
 		goto out_unlock;
 	frame_clear(fr, F_VOLATILE); /* unchanged for a pass: a candidate */
-	if (dedup_merge_stable(d, f, index, fid))
+	if (dedup_merge_stable(d, f, index, fid, &full))
 		goto out_unlock;
-	if (merge_unstable(d, f, index, fid))
+	/* With an identical stable frame full, the pair made stable is one
+	 * more frame of that content. */
+	if (merge_unstable(d, f, index, fid, full))
 		goto out_unlock;
 	if (!(fl & F_UNSTABLE) && !stree_insert(&d->unstable, fid))
 		frame_set(fr, F_UNSTABLE);

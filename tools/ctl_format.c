@@ -254,7 +254,8 @@ static const struct counter_doc {
 	{ "general_profit", true,
 	  "Bytes saved by sharing minus the bytes of dedup metadata." },
 	{ "stable_chains", true,
-	  "Extra frames made because a frame reached max_page_sharing." },
+	  "Stable frames that exist because an identical one was full "
+	  "(max_page_sharing)." },
 	{ "full_scans", false, "Completed full scans of the resident frames." },
 	{ "reflink_merges", false,
 	  "Pages shared because they map the same physical extent." },

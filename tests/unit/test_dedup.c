@@ -1,7 +1,8 @@
 /*
  * Unit tests of content merging without FUSE: merge on fill, copy-on-write
  * isolation, zero pages, the scanner re-merging written pages, the reverse
- * map across truncate and release, max_page_sharing and the uid scope;
+ * map across truncate and release, max_page_sharing (and stable_chains, a
+ * gauge) and the uid scope;
  * persistence: warm restart, records trusted on SHA-256 only, and the
  * size of the store per mapped page.
  */
@@ -244,12 +245,66 @@ static void test_max_page_sharing_chains(void)
 		CHECK(tc_matches(f[i], 0, 4 * PG, 6, NULL));
 	dedup_get_stats(e.d, &ds);
 	cache_get_stats(e.c, &cs);
-	/* five copies, two per frame: three frames per page */
-	CHECK(ds.stable_chains > 0);
+	/* five copies, two per frame: three frames per page, two of them
+	 * there because the first was full */
+	CHECK_EQ(ds.stable_chains, 2 * 4);
 	CHECK_EQ(ds.pages_sharing, 2 * 4);
 	CHECK(cs.cache_bytes >= 12 * PG);
 	for (int i = 0; i < 5; i++)
 		cfile_put(f[i]);
+	free_env(&e);
+}
+
+/*
+ * stable_chains counts the extra frames that exist, not the times a full
+ * frame was met: the scanner passing again and again over written pages
+ * identical to full frames leaves it alone, a pair of them made stable
+ * adds one per page, and a chain frame leaving the tree takes one away.
+ */
+static void test_stable_chains_is_a_gauge(void)
+{
+	struct env e = new_env(64 << 20, tune_max2);
+	struct cfile *f[4], *w[2];
+	unsigned char buf[4 * PG];
+	struct dedup_stats ds;
+
+	copies("gc", 4, sizeof(buf), 21, e.c, f);
+	for (int i = 0; i < 4; i++)
+		CHECK(tc_matches(f[i], 0, sizeof(buf), 21, NULL));
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.stable_chains, 4);          /* two full frames a page */
+
+	/* Written pages of that content meet only full frames. */
+	testfs_fill(buf, 0, sizeof(buf), 21);
+	copies("gcw", 2, 0, 0, e.c, w);
+	CHECK_EQ(cache_write(w[0], buf, sizeof(buf), 0, false, NULL),
+		 (ssize_t)sizeof(buf));
+	CHECK_EQ(cache_fsync(w[0], false), 0);
+	for (int pass = 0; pass < 3; pass++)
+		CHECK_EQ(dedup_scan_now(e.d, true), 0);
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.pages_sharing, 2 * 4);
+	CHECK_EQ(ds.stable_chains, 4);
+
+	/* A second written copy pairs with the first: one more frame. */
+	CHECK_EQ(cache_write(w[1], buf, sizeof(buf), 0, false, NULL),
+		 (ssize_t)sizeof(buf));
+	CHECK_EQ(cache_fsync(w[1], false), 0);
+	for (int pass = 0; pass < 3; pass++)
+		CHECK_EQ(dedup_scan_now(e.d, true), 0);
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.pages_sharing, 3 * 4);
+	CHECK_EQ(ds.stable_chains, 2 * 4);
+
+	/* Page 0 of both written: its chain frame leaves the tree. */
+	CHECK_EQ(cache_write(w[1], "!", 1, 0, false, NULL), 1);
+	CHECK_EQ(cache_write(w[0], "!", 1, 0, false, NULL), 1);
+	dedup_get_stats(e.d, &ds);
+	CHECK_EQ(ds.stable_chains, 2 * 4 - 1);
+	for (int i = 0; i < 4; i++)
+		cfile_put(f[i]);
+	for (int i = 0; i < 2; i++)
+		cfile_put(w[i]);
 	free_env(&e);
 }
 
@@ -769,6 +824,7 @@ int main(void)
 	RUN(test_scanner_merges_two_written_copies);
 	RUN(test_truncate_and_release_keep_other_copy);
 	RUN(test_max_page_sharing_chains);
+	RUN(test_stable_chains_is_a_gauge);
 	RUN(test_uid_scope_never_shares_across_owners);
 	RUN(test_eviction_of_shared_frames);
 	RUN(test_warm_restart_reads_one_copy);
