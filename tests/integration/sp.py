@@ -19,6 +19,8 @@ sp.main() exits 77 when every test was skipped, so meson reports SKIP.
 
 import atexit
 import ctypes
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -535,6 +538,7 @@ def reflink(src, dst):
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
                             ctypes.c_int64]
@@ -547,6 +551,14 @@ def punch_hole(fd, off, length):
                        off, length) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f'fallocate punch {off}+{length}: {os.strerror(e)}')
+
+
+def fallocate(fd, mode, off, length):
+    """fallocate(2) with any mode; os.posix_fallocate has none."""
+    if _libc.fallocate(fd, mode, off, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f'fallocate mode {mode:#x} {off}+{length}: '
+                      f'{os.strerror(e)}')
 
 
 def fio(args, cwd):
@@ -573,6 +585,137 @@ def read_file(path):
         return f.read()
 
 
+def write_synced(path, data, mode='wb'):
+    """write_file, and on disk (fsync) before it returns."""
+    with open(path, mode) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def pread_all(fd, length, off, most=None):
+    """pread until length bytes or EOF (FUSE may split large reads); at
+    most `most` bytes a call when given."""
+    out = bytearray()
+    while len(out) < length:
+        n = length - len(out)
+        if most is not None:
+            n = min(n, most)
+        b = os.pread(fd, n, off + len(out))
+        if not b:
+            break
+        out += b
+    return bytes(out)
+
+
+def sha1(data):
+    return hashlib.sha1(data).hexdigest()
+
+
+def sha1_path(path, chunk=1 << 20):
+    """SHA-1 (hex) of a file, read unbuffered chunk bytes at a time."""
+    h = hashlib.sha1()
+    with open(path, 'rb', buffering=0) as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def first_diff(a, b):
+    """Offset of the first differing byte (or the shorter length)."""
+    n = min(len(a), len(b))
+    for i in range(0, n, 4096):
+        if a[i:i + 4096] != b[i:i + 4096]:
+            for j in range(i, min(i + 4096, n)):
+                if a[j] != b[j]:
+                    return j
+    return n
+
+
+class FileModel:
+    """What a file must hold after the writes, truncates and punched
+    holes made to it: a bytearray the tests compare reads with."""
+
+    def __init__(self, data=b''):
+        self.data = bytearray(data)
+
+    def write(self, off, data):
+        end = off + len(data)
+        if end > len(self.data):
+            self.data += bytes(end - len(self.data))
+        self.data[off:end] = data
+
+    def truncate(self, size):
+        if size < len(self.data):
+            del self.data[size:]
+        else:
+            self.data += bytes(size - len(self.data))
+
+    def punch(self, off, length):
+        end = min(off + length, len(self.data))
+        if end > off:
+            self.data[off:end] = bytes(end - off)
+
+
+def run_threads(target, n, seconds):
+    """target(0) .. target(n - 1), each in a daemon thread; waits at most
+    seconds in all. The numbers of the threads still running (stuck)."""
+    threads = [threading.Thread(target=target, args=(t,), daemon=True)
+               for t in range(n)]
+    t0 = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(max(0.1, seconds - (time.monotonic() - t0)))
+    return [t for t, th in enumerate(threads) if th.is_alive()]
+
+
+def fork_json(fn, *args, error_key='error'):
+    """Fork; the child writes fn(*args)'s result as JSON to a pipe (an
+    exception as {error_key: repr}) and exits. (pid, read end)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            out = fn(*args)
+        except BaseException as e:  # report, never unwind into the parent
+            out = {error_key: repr(e)}
+        try:
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    return pid, r
+
+
+def read_json(r, empty):
+    """Read the pipe r to EOF and close it; the JSON in it (empty, bytes,
+    when the child wrote nothing)."""
+    chunks = []
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    return json.loads(b''.join(chunks) or empty)
+
+
+def require_failpoints(m, knob='fail_read'):
+    """Skip unless the daemon was built with -Dfailpoints=true: without
+    them, setting a failpoint or pause point knob is not supported."""
+    try:
+        m.set(knob, '0')
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise unittest.SkipTest('samepagefs built without failpoints')
+        raise
+
+
 class MountTestCase(unittest.TestCase):
     """Mounts self.m in setUp; always unmounts, also if setUp fails."""
 
@@ -581,7 +724,12 @@ class MountTestCase(unittest.TestCase):
 
     def setUp(self):
         require_env()
-        self.m = Mount(opts=self.mount_opts, **self.mount_kwargs)
+        self.start_mount()
+
+    def start_mount(self, **kwargs):
+        """self.m with mount_opts and mount_kwargs (kwargs win), started;
+        unmounted by a cleanup whatever happens."""
+        self.m = Mount(opts=self.mount_opts, **{**self.mount_kwargs, **kwargs})
         self.addCleanup(self.m.cleanup)
         self.m.start()
 

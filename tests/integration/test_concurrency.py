@@ -80,39 +80,15 @@ class Divergence(Exception):
     """A read that differs from the model."""
 
 
-def first_diff(a, b):
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n          # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 def describe_diff(what, off, want, got):
     """'what: at byte X (file offset Y) expected .. got ..'."""
-    i = first_diff(want, got)
+    i = sp.first_diff(want, got)
     lo = i - i % 16
     return (f'{what}: first difference at file offset {off + i} (read '
             f'{off}+{len(want)}, got {len(got)} bytes); expected '
             f'[{off + lo}..] {bytes(want[lo:lo + 32]).hex()} got '
             f'{bytes(got[lo:lo + 32]).hex()}'
             + ('' if i < len(got) else ' (read ended there)'))
-
-
-def pread_all(fd, length, off):
-    out = bytearray()
-    while len(out) < length:
-        b = os.pread(fd, min(length - len(out), 256 * KiB), off + len(out))
-        if not b:
-            break
-        out += b
-    return bytes(out)
 
 
 def template_data(seed, i):
@@ -123,28 +99,8 @@ def proc_names(k):
     return [f'p{k}n{j}' for j in range(NAMES_PER_PROC)]
 
 
-class Obj:
+class Obj(sp.FileModel):
     """One file (inode) of a process's model."""
-
-    def __init__(self, data=b''):
-        self.data = bytearray(data)
-
-    def write(self, off, data):
-        end = off + len(data)
-        if end > len(self.data):
-            self.data += bytes(end - len(self.data))
-        self.data[off:end] = data
-
-    def truncate(self, size):
-        if size < len(self.data):
-            del self.data[size:]
-        else:
-            self.data += bytes(size - len(self.data))
-
-    def punch(self, off, length):
-        end = min(off + length, len(self.data))
-        if end > off:
-            self.data[off:end] = bytes(end - off)
 
 
 class Worker:
@@ -196,7 +152,7 @@ class Worker:
     # -- checks --------------------------------------------------------------
 
     def check_range(self, name, fd, obj, off, n, what):
-        got = pread_all(fd, n, off)
+        got = sp.pread_all(fd, n, off, most=256 * KiB)
         want = bytes(obj.data[off:off + n])
         if got != want:
             raise Divergence(describe_diff(f'{what}: {name}', off, want, got))
@@ -298,7 +254,7 @@ class Worker:
         self.check_template(t, off, n)
 
     def check_template(self, t, off, n):
-        got = pread_all(self.tfds[t], n, off)
+        got = sp.pread_all(self.tfds[t], n, off, most=256 * KiB)
         want = self.templates[t][off:off + n]
         if got != want:
             raise Divergence(describe_diff(

@@ -15,7 +15,6 @@ import random
 import struct
 import sys
 import threading
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -27,64 +26,10 @@ GiB = 1 << 30
 TiB = 1 << 40
 PAGE = 4096
 
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                            ctypes.c_int64]
-_libc.fallocate.restype = ctypes.c_int
-
-
-def punch_hole(fd, off, length):
-    """fallocate(PUNCH_HOLE | KEEP_SIZE); Python has no fallocate(mode)."""
-    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                       off, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f'fallocate punch {off}+{length}: {os.strerror(e)}')
-
-
-def pread_all(fd, length, off):
-    """pread until length bytes or EOF (FUSE may split large reads)."""
-    out = bytearray()
-    while len(out) < length:
-        b = os.pread(fd, length - len(out), off + len(out))
-        if not b:
-            break
-        out += b
-    return bytes(out)
-
-
-def read_path(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
-def sha1_path(path, chunk=MiB):
-    h = hashlib.sha1()
-    with open(path, 'rb', buffering=0) as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def first_diff(a, b):
-    """Offset of the first differing byte (or the shorter length)."""
-    n = min(len(a), len(b))
-    for i in range(0, n, PAGE):
-        if a[i:i + PAGE] != b[i:i + PAGE]:
-            for j in range(i, min(i + PAGE, n)):
-                if a[j] != b[j]:
-                    return j
-    return n
-
 
 def assert_bytes_equal(tc, got, want, what):
     if got != want:
-        d = first_diff(got, want)
+        d = sp.first_diff(got, want)
         tc.fail(f'{what}: len got {len(got)} want {len(want)}, first '
                 f'difference at byte {d} (page {d // PAGE}): got '
                 f'{bytes(got[d:d + 16]).hex()} want '
@@ -107,6 +52,7 @@ def stats_with_timeout(m, seconds):
     return box.get('st', f'no answer to stats within {seconds} s')
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
                        ctypes.c_int, ctypes.c_int, ctypes.c_int64]
 _libc.mmap.restype = ctypes.c_void_p
@@ -166,15 +112,15 @@ class SparseAndHoles(sp.MountTestCase):
                 self.assertEqual(os.pwrite(fd, data, off), len(data))
             self.assertEqual(os.fstat(fd).st_size, size)
             for off, data in writes:
-                assert_bytes_equal(self, pread_all(fd, len(data), off), data,
-                                   f'read back at {off}')
+                assert_bytes_equal(self, sp.pread_all(fd, len(data), off),
+                                   data, f'read back at {off}')
             zeros = bytes(3 * PAGE)
             for off in (2 * PAGE, 1 * MiB, 512 * GiB + 123,
                         1 * TiB - 3 * PAGE, 1 * TiB + 3 * PAGE,
                         size - 5000 - 3 * PAGE):
-                assert_bytes_equal(self, pread_all(fd, len(zeros), off),
+                assert_bytes_equal(self, sp.pread_all(fd, len(zeros), off),
                                    zeros, f'hole at {off}')
-            tail = pread_all(fd, 10000, size - 10000)
+            tail = sp.pread_all(fd, 10000, size - 10000)
             assert_bytes_equal(self, tail, bytes(5000) + writes[2][1]
                                + bytes(1000), 'last 10000 bytes')
             self.assertEqual(os.pread(fd, 100, size), b'', 'read at EOF')
@@ -195,7 +141,7 @@ class SparseAndHoles(sp.MountTestCase):
         try:
             self.assertEqual(os.fstat(bfd).st_size, size)
             for off, data in writes:
-                self.assertEqual(pread_all(bfd, len(data), off), data,
+                self.assertEqual(sp.pread_all(bfd, len(data), off), data,
                                  f'backing file at {off}')
         finally:
             os.close(bfd)
@@ -243,29 +189,29 @@ class SparseAndHoles(sp.MountTestCase):
                 if not dirty:
                     os.fsync(fd)
                 # cached before the punch
-                assert_bytes_equal(self, pread_all(fd, size + 10, 0), model,
+                assert_bytes_equal(self, sp.pread_all(fd, size + 10, 0), model,
                                    'before punching')
                 for off, length in punches:
-                    punch_hole(fd, off, length)
+                    sp.punch_hole(fd, off, length)
                     end = min(off + length, len(model))
                     model[off:end] = bytes(end - off)
                     self.assertEqual(os.fstat(fd).st_size, size)
                     assert_bytes_equal(
-                        self, pread_all(fd, size + 10, 0), model,
+                        self, sp.pread_all(fd, size + 10, 0), model,
                         f'after punch {off}+{length} (dirty={dirty})')
                 # a write into the holes afterwards
                 patch = os.urandom(10000)
                 os.pwrite(fd, patch, 6000)
                 model[6000:16000] = patch
-                assert_bytes_equal(self, pread_all(fd, size + 10, 0), model,
+                assert_bytes_equal(self, sp.pread_all(fd, size + 10, 0), model,
                                    f'write over holes (dirty={dirty})')
             os.fsync(fd)
-            assert_bytes_equal(self, pread_all(fd, size + 10, 0), model,
+            assert_bytes_equal(self, sp.pread_all(fd, size + 10, 0), model,
                                'after fsync')
         finally:
             os.close(fd)
         self.assertEqual(self.m.stop(), 0)
-        assert_bytes_equal(self, read_path(self.m.bpath('punch')), model,
+        assert_bytes_equal(self, sp.read_file(self.m.bpath('punch')), model,
                            'backing file after unmount')
 
 
@@ -302,7 +248,7 @@ class LargerThanCache(sp.MountTestCase):
                                  f'daemon Pss_Anon {max_rss} over budget + 32 MiB')
         # And once more after unmount, from the disk.
         self.assertEqual(self.m.stop(), 0)
-        self.assertEqual(sha1_path(self.m.bpath('big')), want)
+        self.assertEqual(sp.sha1_path(self.m.bpath('big')), want)
 
 
 class DirtyUnmount(sp.MountTestCase):
@@ -332,11 +278,11 @@ class DirtyUnmount(sp.MountTestCase):
                     model[off:end] = piece
             want[name] = bytes(model)
         for name, data in want.items():
-            assert_bytes_equal(self, read_path(self.m.path(name)), data,
+            assert_bytes_equal(self, sp.read_file(self.m.path(name)), data,
                                f'{name} through the mount')
         self.assertEqual(self.m.stop(), 0, self.m.log())
         for name, data in want.items():
-            assert_bytes_equal(self, read_path(self.m.bpath(name)), data,
+            assert_bytes_equal(self, sp.read_file(self.m.bpath(name)), data,
                                f'backing {name} after unmount')
 
 
@@ -362,47 +308,47 @@ class TruncateCached(sp.MountTestCase):
                 os.pwrite(fd, model, 0)
                 if not dirty:
                     os.fsync(fd)
-                assert_bytes_equal(self, pread_all(fd, 5 * PAGE, 0), model,
+                assert_bytes_equal(self, sp.pread_all(fd, 5 * PAGE, 0), model,
                                    what)
                 # down into the middle of page 1, up again past page 3
                 self._trunc(fd, p, 5000, by_path)
                 del model[5000:]
                 self.assertEqual(os.fstat(fd).st_size, 5000, what)
-                assert_bytes_equal(self, pread_all(fd, 5 * PAGE, 0), model,
+                assert_bytes_equal(self, sp.pread_all(fd, 5 * PAGE, 0), model,
                                    what + ' after truncate to 5000')
                 self._trunc(fd, p, 3 * PAGE + 100, by_path)
                 model += bytes(3 * PAGE + 100 - 5000)
-                assert_bytes_equal(self, pread_all(fd, PAGE, PAGE),
+                assert_bytes_equal(self, sp.pread_all(fd, PAGE, PAGE),
                                    model[PAGE:2 * PAGE],
                                    what + ': tail of page 1 after '
                                    're-extension')
-                assert_bytes_equal(self, pread_all(fd, 5 * PAGE, 0), model,
+                assert_bytes_equal(self, sp.pread_all(fd, 5 * PAGE, 0), model,
                                    what + ' after re-extension')
                 # down to a page boundary, then extend by writing past EOF
                 self._trunc(fd, p, 2 * PAGE, by_path)
                 del model[2 * PAGE:]
                 os.pwrite(fd, b'x' * 10, 4 * PAGE + 5)
                 model += bytes(2 * PAGE + 5) + b'x' * 10
-                assert_bytes_equal(self, pread_all(fd, 6 * PAGE, 0), model,
+                assert_bytes_equal(self, sp.pread_all(fd, 6 * PAGE, 0), model,
                                    what + ' after extend by write')
                 # to zero and back up: all zeros
                 self._trunc(fd, p, 0, by_path)
-                self.assertEqual(pread_all(fd, PAGE, 0), b'', what)
+                self.assertEqual(sp.pread_all(fd, PAGE, 0), b'', what)
                 self._trunc(fd, p, 2 * PAGE + 1, by_path)
                 model = bytearray(2 * PAGE + 1)
-                assert_bytes_equal(self, pread_all(fd, 4 * PAGE, 0), model,
+                assert_bytes_equal(self, sp.pread_all(fd, 4 * PAGE, 0), model,
                                    what + ' after truncate 0 and extend')
                 tail = os.urandom(777)
                 os.pwrite(fd, tail, PAGE - 300)
                 model[PAGE - 300:PAGE + 477] = tail
-                assert_bytes_equal(self, pread_all(fd, 4 * PAGE, 0), model,
+                assert_bytes_equal(self, sp.pread_all(fd, 4 * PAGE, 0), model,
                                    what + ' final')
             finally:
                 os.close(fd)
             final[name] = bytes(model)
         self.assertEqual(self.m.stop(), 0)
         for name, data in final.items():
-            assert_bytes_equal(self, read_path(self.m.bpath(name)), data,
+            assert_bytes_equal(self, sp.read_file(self.m.bpath(name)), data,
                                f'backing {name}')
 
 
@@ -428,12 +374,12 @@ class RenameOverDirty(unittest.TestCase):
                     fa = os.open(m.path(a), os.O_RDWR | os.O_CREAT, 0o644)
                     try:
                         os.pwrite(fa, data, 0)
-                        punch_hole(fa, 3 * PAGE + 5, 100)
+                        sp.punch_hole(fa, 3 * PAGE + 5, 100)
                         data[3 * PAGE + 5:3 * PAGE + 105] = bytes(100)
                         os.rename(m.path(a), m.path(b))
-                        assert_bytes_equal(self, read_path(m.path(b)), data,
+                        assert_bytes_equal(self, sp.read_file(m.path(b)), data,
                                            f'{what}: renamed file, fresh fd')
-                        assert_bytes_equal(self, pread_all(fa, size + 1, 0),
+                        assert_bytes_equal(self, sp.pread_all(fa, size + 1, 0),
                                            data, f'{what}: renamed file, '
                                            'old fd')
                     finally:
@@ -441,7 +387,7 @@ class RenameOverDirty(unittest.TestCase):
                     want[b] = bytes(data)
                 self.assertEqual(m.stop(), 0, m.log())
                 for b, data in want.items():
-                    assert_bytes_equal(self, read_path(m.bpath(b)), data,
+                    assert_bytes_equal(self, sp.read_file(m.bpath(b)), data,
                                        f'mount {n}: backing {b}')
 
 
@@ -515,9 +461,9 @@ class Append(sp.MountTestCase):
                 seen.add((w, s))
             self.assertEqual(len(seen), 4 * n, where)
 
-        check(read_path(p), 'mount')
+        check(sp.read_file(p), 'mount')
         self.assertEqual(self.m.stop(), 0)
-        check(read_path(self.m.bpath('log')), 'backing')
+        check(sp.read_file(self.m.bpath('log')), 'backing')
 
 
 class OneGiBRead(sp.MountTestCase):
@@ -611,7 +557,7 @@ class TinyCacheManyThreads(sp.MountTestCase):
                             off = rng.randrange(fsize)
                             n = rng.choice([1, PAGE, 5000, 128 * KiB,
                                             1 * MiB])
-                            got = pread_all(fd, n, off)
+                            got = sp.pread_all(fd, n, off)
                             if got != model[off:off + n]:
                                 raise AssertionError(
                                     f'thread {t} op {i}: read {off}+{n} '
@@ -619,7 +565,7 @@ class TinyCacheManyThreads(sp.MountTestCase):
                         elif op < 0.95:
                             os.fsync(fd)
                         else:
-                            got = pread_all(fd, fsize + 1, 0)
+                            got = sp.pread_all(fd, fsize + 1, 0)
                             if got != model:
                                 raise AssertionError(
                                     f'thread {t} op {i}: whole-file read '
@@ -630,14 +576,7 @@ class TinyCacheManyThreads(sp.MountTestCase):
             except BaseException as e:
                 errors.append((t, e))
 
-        threads = [threading.Thread(target=worker, args=(t,), daemon=True)
-                   for t in range(nthreads)]
-        t0 = time.monotonic()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(max(0.1, self.deadline_s - (time.monotonic() - t0)))
-        stuck = [t for t, th in enumerate(threads) if th.is_alive()]
+        stuck = sp.run_threads(worker, nthreads, self.deadline_s)
         if stuck:
             # Unblock the stuck threads before failing, so that the test
             # leaves no mount and no thread in D state behind.
@@ -655,7 +594,7 @@ class TinyCacheManyThreads(sp.MountTestCase):
         self.assertGreater(st['evictions'], 0, st)
         self.assertEqual(self.m.stop(), 0)
         for t in range(nthreads):
-            assert_bytes_equal(self, read_path(self.m.bpath(f'w{t}')),
+            assert_bytes_equal(self, sp.read_file(self.m.bpath(f'w{t}')),
                                models[t], f'backing w{t}')
 
 

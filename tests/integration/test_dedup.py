@@ -27,42 +27,6 @@ NCOPIES = 8
 LETTERS = 'ABCDEFGH'
 
 
-def sha1_path(path, chunk=MiB):
-    h = hashlib.sha1()
-    with open(path, 'rb', buffering=0) as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def read_path(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
-def pread_all(fd, length, off):
-    out = bytearray()
-    while len(out) < length:
-        b = os.pread(fd, length - len(out), off + len(out))
-        if not b:
-            break
-        out += b
-    return bytes(out)
-
-
-def first_diff(a, b):
-    n = min(len(a), len(b))
-    for i in range(0, n, PAGE):
-        if a[i:i + PAGE] != b[i:i + PAGE]:
-            for j in range(i, min(i + PAGE, n)):
-                if a[j] != b[j]:
-                    return j
-    return n
-
-
 def make_copies(m, size, prefix='copy', data=None):
     """An original of size random bytes and NCOPIES real copies of it in
     the backing directory; returns (names, data)."""
@@ -86,7 +50,7 @@ class DedupCase(sp.MountTestCase):
 
     def assert_same(self, got, want, what):
         if got != want:
-            d = first_diff(got, want)
+            d = sp.first_diff(got, want)
             self.fail(f'{what}: len got {len(got)} want {len(want)}, first '
                       f'difference at byte {d} (page {d // PAGE})')
 
@@ -110,7 +74,8 @@ class EightCopies(DedupCase):
         rss0 = self.m.anon_bytes()
         max_rss = rss0
         for n in names:
-            self.assertEqual(sha1_path(self.m.path(n)), want, f'{n} content')
+            self.assertEqual(sp.sha1_path(self.m.path(n)), want,
+                             f'{n} content')
             max_rss = max(max_rss, self.m.anon_bytes())
         st = self.m.stats()
         self.assertLessEqual(st['cache_bytes'], 1.15 * size + 2 * MiB, st)
@@ -124,7 +89,7 @@ class EightCopies(DedupCase):
                                  f'daemon Pss_Anon {max_rss >> 20} MiB')
         # A second pass is served from the merged frames, still correct.
         for n in names:
-            self.assertEqual(sha1_path(self.m.path(n)), want, f'{n} again')
+            self.assertEqual(sp.sha1_path(self.m.path(n)), want, f'{n} again')
         st2 = self.m.stats()
         self.assertLessEqual(st2['cache_bytes'], 1.15 * size + 2 * MiB, st2)
 
@@ -165,16 +130,16 @@ class CowIsolation(DedupCase):
                 lo = max(0, (off // PAGE - 1) * PAGE)
                 hi = (end // PAGE + 2) * PAGE
                 what = f'after write {off}+{length} into {names[0]}'
-                self.assert_same(pread_all(a, hi - lo, lo),
+                self.assert_same(sp.pread_all(a, hi - lo, lo),
                                  bytes(model[lo:hi]), what + ': copy A')
                 for n in names[1:]:
-                    self.assert_same(pread_all(fds[n], hi - lo, lo),
+                    self.assert_same(sp.pread_all(fds[n], hi - lo, lo),
                                      data[lo:hi], what + f': {n}')
             st = self.m.stats()
             for n in names[1:]:
-                self.assert_same(pread_all(fds[n], size + 1, 0), data,
+                self.assert_same(sp.pread_all(fds[n], size + 1, 0), data,
                                  f'{n} whole file')
-            self.assert_same(pread_all(a, len(model) + 1, 0), bytes(model),
+            self.assert_same(sp.pread_all(a, len(model) + 1, 0), bytes(model),
                              'copy A whole file')
         finally:
             for fd in fds.values():
@@ -183,10 +148,11 @@ class CowIsolation(DedupCase):
                            'writes, COW was not exercised')
         self.assertGreater(st['cow_breaks'], 0, st)
         self.assertEqual(self.m.stop(), 0)
-        self.assert_same(read_path(self.m.bpath(names[0])), bytes(model),
+        self.assert_same(sp.read_file(self.m.bpath(names[0])), bytes(model),
                          f'backing {names[0]}')
         for n in names[1:]:
-            self.assert_same(read_path(self.m.bpath(n)), data, f'backing {n}')
+            self.assert_same(sp.read_file(self.m.bpath(n)), data,
+                             f'backing {n}')
 
     def test_cow_write_through_second_mapping_of_same_copy(self):
         """Two fds of copy A and a read-only fd of copy B: a write through
@@ -199,8 +165,9 @@ class CowIsolation(DedupCase):
         try:
             piece = os.urandom(3 * PAGE)
             os.pwrite(a1, piece, 10 * PAGE + 17)
-            self.assertEqual(pread_all(a2, len(piece), 10 * PAGE + 17), piece)
-            self.assert_same(pread_all(b, len(data) + 1, 0), data, 'copy B')
+            self.assertEqual(sp.pread_all(a2, len(piece), 10 * PAGE + 17),
+                             piece)
+            self.assert_same(sp.pread_all(b, len(data) + 1, 0), data, 'copy B')
         finally:
             for fd in (a1, a2, b):
                 os.close(fd)
@@ -234,7 +201,7 @@ class ReMerge(DedupCase):
                                 f'pages_sharing {sharing0} before the '
                                 f'writes, {st}')
         for n in names:
-            self.assertEqual(read_path(self.m.path(n)), data, n)
+            self.assertEqual(sp.read_file(self.m.path(n)), data, n)
 
 
 class ZeroPages(DedupCase):
@@ -245,20 +212,21 @@ class ZeroPages(DedupCase):
         with open(self.m.bpath('zeros'), 'wb') as f:
             f.write(bytes(npages * PAGE))
             os.fsync(f.fileno())
-        self.assertEqual(read_path(self.m.path('zeros')), bytes(npages * PAGE))
+        self.assertEqual(sp.read_file(self.m.path('zeros')),
+                         bytes(npages * PAGE))
         st = self.m.stats()
         self.assertGreaterEqual(st['zero_pages'], npages, st)
         self.assertLessEqual(st['cache_bytes'], 64 * PAGE, st)
         # A write into one of them breaks only that page off.
         with open(self.m.path('zeros'), 'r+b', buffering=0) as f:
             os.pwrite(f.fileno(), b'\x01', 500 * PAGE + 7)
-            got = pread_all(f.fileno(), 3 * PAGE, 499 * PAGE)
+            got = sp.pread_all(f.fileno(), 3 * PAGE, 499 * PAGE)
         want = bytearray(3 * PAGE)
         want[PAGE + 7] = 1
         self.assertEqual(got, bytes(want))
         want_all = bytearray(npages * PAGE)
         want_all[500 * PAGE + 7] = 1
-        self.assert_same(read_path(self.m.path('zeros')), bytes(want_all),
+        self.assert_same(sp.read_file(self.m.path('zeros')), bytes(want_all),
                          'zeros after one write')
 
 
@@ -275,14 +243,15 @@ class TruncateUnlinkCopy(DedupCase):
             f.truncate(0)
             f.truncate(size)
         for n in names[3:]:
-            self.assertEqual(sha1_path(self.m.path(n)), want, n)
-        self.assert_same(read_path(self.m.path(a)), data[:MiB + 123], a)
+            self.assertEqual(sp.sha1_path(self.m.path(n)), want, n)
+        self.assert_same(sp.read_file(self.m.path(a)), data[:MiB + 123], a)
         self.assertFalse(os.path.exists(self.m.path(b)))
-        self.assert_same(read_path(self.m.path(c)), bytes(size), c)
+        self.assert_same(sp.read_file(self.m.path(c)), bytes(size), c)
         self.assertEqual(self.m.stop(), 0)
         for n in names[3:]:
-            self.assertEqual(sha1_path(self.m.bpath(n)), want, f'backing {n}')
-        self.assert_same(read_path(self.m.bpath(a)), data[:MiB + 123],
+            self.assertEqual(sp.sha1_path(self.m.bpath(n)), want,
+                             f'backing {n}')
+        self.assert_same(sp.read_file(self.m.bpath(a)), data[:MiB + 123],
                          f'backing {a}')
         self.assertFalse(os.path.exists(self.m.bpath(b)))
 
@@ -305,7 +274,7 @@ class ConcurrentSharedRW(DedupCase):
             try:
                 while not stop.is_set():
                     n = rng.choice(mine)
-                    got = sha1_path(self.m.path(n), chunk=rng.choice(
+                    got = sp.sha1_path(self.m.path(n), chunk=rng.choice(
                         [PAGE, 64 * KiB, MiB]))
                     if got != want:
                         errors.append(f'{n} changed while {names[0]} was '
@@ -341,7 +310,7 @@ class ConcurrentSharedRW(DedupCase):
         st = self.m.stats()
         self.assertGreater(st['cow_breaks'], 0, st)
         for n in others:
-            self.assertEqual(sha1_path(self.m.path(n)), want, n)
+            self.assertEqual(sp.sha1_path(self.m.path(n)), want, n)
 
 
 class MaxPageSharing(DedupCase):
@@ -355,7 +324,7 @@ class MaxPageSharing(DedupCase):
         self.read_through(names)
         self.m.scan(wait=True)
         for n in names:
-            self.assertEqual(read_path(self.m.path(n)), data, n)
+            self.assertEqual(sp.read_file(self.m.path(n)), data, n)
         st = self.m.stats()
         # At most 4 mappers per frame: each content needs >= 2 frames for 8
         # copies, so at most 6 of its 8 mappings are savings.

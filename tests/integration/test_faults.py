@@ -28,21 +28,6 @@ MiB = 1 << 20
 PAGE = 4096
 
 
-def sha1(data):
-    return hashlib.sha1(data).hexdigest()
-
-
-def pread_all(fd, length, off):
-    """pread until length bytes or EOF (FUSE may split large reads)."""
-    out = bytearray()
-    while len(out) < length:
-        b = os.pread(fd, length - len(out), off + len(out))
-        if not b:
-            break
-        out += b
-    return bytes(out)
-
-
 def describe_diff(got, want, older=None):
     """Which pages differ, and whether they hold zeros or older data."""
     if len(got) != len(want):
@@ -89,16 +74,6 @@ def with_deadline(tc, m, seconds, fn, what):
     if 'exc' in box:
         raise box['exc']
     return box.get('ret')
-
-
-def require_failpoints(m):
-    """Skip unless the daemon was built with -Dfailpoints=true."""
-    try:
-        m.set('fail_read', '0')
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise unittest.SkipTest('samepagefs built without failpoints')
-        raise
 
 
 class SmallDisk:
@@ -205,15 +180,15 @@ class DiskFull(unittest.TestCase):
         # The daemon still serves: stats, a cached file, a file never read.
         st = with_deadline(self, m, 20, m.stats, 'stats after ENOSPC')
         self.assertIn('cache_bytes', st)
-        self.assertEqual(sha1(sp.read_file(m.path('keep'))), sha1(keep))
-        self.assertEqual(sha1(sp.read_file(m.path('cold'))), sha1(cold))
+        self.assertEqual(sp.sha1(sp.read_file(m.path('keep'))), sp.sha1(keep))
+        self.assertEqual(sp.sha1(sp.read_file(m.path('cold'))), sp.sha1(cold))
         # What fsync acknowledged is there, through the mount.
         fd = os.open(m.path('fill'), os.O_RDONLY)
         try:
-            got = pread_all(fd, synced_bytes, 0)
+            got = sp.pread_all(fd, synced_bytes, 0)
         finally:
             os.close(fd)
-        self.assertEqual(sha1(got), synced.hexdigest(),
+        self.assertEqual(sp.sha1(got), synced.hexdigest(),
                          'data acknowledged by fsync before the disk was '
                          'full reads back wrong')
 
@@ -244,28 +219,36 @@ class DiskFull(unittest.TestCase):
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.assertEqual(sha1(sp.read_file(m.path('after'))), sha1(data))
+        self.assertEqual(sp.sha1(sp.read_file(m.path('after'))), sp.sha1(data))
         self.assertEqual(m.stop(), 0, m.log()[-3000:])
-        self.assertEqual(sha1(sp.read_file(m.bpath('after'))), sha1(data))
-        self.assertEqual(sha1(sp.read_file(m.bpath('keep'))), sha1(keep))
+        self.assertEqual(sp.sha1(sp.read_file(m.bpath('after'))),
+                         sp.sha1(data))
+        self.assertEqual(sp.sha1(sp.read_file(m.bpath('keep'))), sp.sha1(keep))
 
 
-class FailRead(sp.MountTestCase):
-    mount_opts = ('cache_size=64M',)
+class FailpointCase(sp.MountTestCase):
+    """The tests arm the failpoint `failpoint`; it is always disarmed at
+    the end (skipped without failpoints)."""
+
+    failpoint = 'fail_read'
 
     def setUp(self):
         super().setUp()
-        require_failpoints(self.m)
+        sp.require_failpoints(self.m)
         self.addCleanup(self._off)
 
     def _off(self):
         if self.m.proc is not None:
-            self.m.set('fail_read', '0')
+            self.m.set(self.failpoint, '0')
+
+
+class FailRead(FailpointCase):
+    mount_opts = ('cache_size=64M',)
 
     def _read_errno(self, path):
         fd = os.open(path, os.O_RDONLY)
         try:
-            pread_all(fd, 1 * MiB, 0)
+            sp.pread_all(fd, 1 * MiB, 0)
         except OSError as e:
             return e.errno
         finally:
@@ -289,7 +272,8 @@ class FailRead(sp.MountTestCase):
         self.assertIn('backing_reads', self.m.stats())
 
         self.m.set('fail_read', '0')
-        self.assertEqual(sha1(sp.read_file(self.m.path('cold'))), sha1(cold),
+        self.assertEqual(sp.sha1(sp.read_file(self.m.path('cold'))),
+                         sp.sha1(cold),
                          'first read after the failpoint is off')
 
     def test_fail_read_once_fails_one_read_next_is_correct(self):
@@ -297,7 +281,8 @@ class FailRead(sp.MountTestCase):
         sp.write_file(self.m.bpath('once'), cold)
         self.m.set('fail_read', '5:once')
         self.assertEqual(self._read_errno(self.m.path('once')), errno.EIO)
-        self.assertEqual(sha1(sp.read_file(self.m.path('once'))), sha1(cold))
+        self.assertEqual(sp.sha1(sp.read_file(self.m.path('once'))),
+                         sp.sha1(cold))
 
     def test_fail_read_dropped_by_remount_page_fails_then_reads(self):
         data = os.urandom(1 * MiB)
@@ -308,21 +293,14 @@ class FailRead(sp.MountTestCase):
         self.assertEqual(self._read_errno(self.m.path('f')), errno.EIO,
                          'a page cached before the remount is gone')
         self.m.set('fail_read', '0')
-        self.assertEqual(sha1(sp.read_file(self.m.path('f'))), sha1(data))
+        self.assertEqual(sp.sha1(sp.read_file(self.m.path('f'))),
+                         sp.sha1(data))
 
 
-class FailWrite(sp.MountTestCase):
+class FailWrite(FailpointCase):
     # Writeback only when asked: each fsync is the one that fails.
     mount_opts = ('cache_size=64M', 'writeback_ms=600000')
-
-    def setUp(self):
-        super().setUp()
-        require_failpoints(self.m)
-        self.addCleanup(self._off)
-
-    def _off(self):
-        if self.m.proc is not None:
-            self.m.set('fail_write', '0')
+    failpoint = 'fail_write'
 
     def test_fail_write_fsync_eio_data_readable_retry_reaches_disk(self):
         data = os.urandom(1 * MiB + 100)
@@ -340,15 +318,16 @@ class FailWrite(sp.MountTestCase):
                 os.fsync(fd)
             self.assertEqual(cm.exception.errno, errno.EIO,
                              'second fsync with the failpoint still on')
-            self.assertEqual(sha1(pread_all(fd, len(data) + 1, 0)),
-                             sha1(data), 'data after the failed fsync')
-            self.assertEqual(sha1(sp.read_file(p)), sha1(data))
+            self.assertEqual(sp.sha1(sp.pread_all(fd, len(data) + 1, 0)),
+                             sp.sha1(data), 'data after the failed fsync')
+            self.assertEqual(sp.sha1(sp.read_file(p)), sp.sha1(data))
             self.assertGreater(self.m.stats()['writeback_errors'], 0)
             self.m.set('fail_write', '0')
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.assertEqual(sha1(sp.read_file(self.m.bpath('w'))), sha1(data),
+        self.assertEqual(sp.sha1(sp.read_file(self.m.bpath('w'))),
+                         sp.sha1(data),
                          'backing file after the retried fsync')
 
     def test_fail_write_once_at_close_then_unmount_writes_it(self):
@@ -362,22 +341,15 @@ class FailWrite(sp.MountTestCase):
                          'close of the last writer reports the failure')
         self.assertEqual(sp.read_file(self.m.path('c')), data)
         self.assertEqual(self.m.stop(), 0, self.m.log()[-3000:])
-        self.assertEqual(sha1(sp.read_file(self.m.bpath('c'))), sha1(data),
+        self.assertEqual(sp.sha1(sp.read_file(self.m.bpath('c'))),
+                         sp.sha1(data),
                          'the pages that failed once reach the disk at '
                          'unmount')
 
 
-class FailWriteBackground(sp.MountTestCase):
+class FailWriteBackground(FailpointCase):
     mount_opts = ('cache_size=64M', 'writeback_ms=100')
-
-    def setUp(self):
-        super().setUp()
-        require_failpoints(self.m)
-        self.addCleanup(self._off)
-
-    def _off(self):
-        if self.m.proc is not None:
-            self.m.set('fail_write', '0')
+    failpoint = 'fail_write'
 
     def test_background_writeback_eio_is_reported_by_next_fsync(self):
         data = os.urandom(64 * KiB)
@@ -436,7 +408,7 @@ class TinyCacheWriters(sp.MountTestCase):
                             model[off:off + n] = piece
                             if i % 20 == 19:
                                 os.fsync(fd)
-                        got = pread_all(fd, fsize + 1, 0)
+                        got = sp.pread_all(fd, fsize + 1, 0)
                         if got != model:
                             raise AssertionError(
                                 f'{name}: read back differs: '
@@ -446,14 +418,7 @@ class TinyCacheWriters(sp.MountTestCase):
             except BaseException as e:
                 errors.append((t, e))
 
-        threads = [threading.Thread(target=writer, args=(t,), daemon=True)
-                   for t in range(nthreads)]
-        t0 = time.monotonic()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(max(0.1, self.deadline_s - (time.monotonic() - t0)))
-        stuck = [t for t, th in enumerate(threads) if th.is_alive()]
+        stuck = sp.run_threads(writer, nthreads, self.deadline_s)
         if stuck:
             self.m.kill9()
             self.fail(f'writers {stuck} still running after '
@@ -465,8 +430,8 @@ class TinyCacheWriters(sp.MountTestCase):
         self.assertLessEqual(st['cache_bytes'], 1 * MiB, st)
         self.assertEqual(self.m.stop(), 0, self.m.log()[-3000:])
         for name, model in sorted(models.items()):
-            self.assertEqual(sha1(sp.read_file(self.m.bpath(name))),
-                             sha1(model), f'backing {name}')
+            self.assertEqual(sp.sha1(sp.read_file(self.m.bpath(name))),
+                             sp.sha1(model), f'backing {name}')
 
 
 def _run(cmd):
@@ -496,7 +461,8 @@ class ReadOnlyState(unittest.TestCase):
 
     def _check_serves(self, m, data, n=4):
         for i in range(n):
-            self.assertEqual(sha1(sp.read_file(m.path(f'c{i}'))), sha1(data))
+            self.assertEqual(sp.sha1(sp.read_file(m.path(f'c{i}'))),
+                             sp.sha1(data))
         new = os.urandom(300 * KiB)
         sp.write_file(m.path('new'), new)
         self.assertEqual(sp.read_file(m.path('new')), new)
@@ -553,11 +519,11 @@ class TinyStoreQuota(sp.MountTestCase):
             names.append(f'z{i}')
             with open(self.m.bpath(names[-1]), 'wb') as f:
                 f.truncate(48 * MiB)
-        want = {n: sha1(data) for n in names if n.startswith('c')}
-        want.update({n: sha1(bytes(48 * MiB)) for n in names
+        want = {n: sp.sha1(data) for n in names if n.startswith('c')}
+        want.update({n: sp.sha1(bytes(48 * MiB)) for n in names
                      if n.startswith('z')})
         for n in names:
-            self.assertEqual(sha1(sp.read_file(self.m.path(n))), want[n], n)
+            self.assertEqual(sp.sha1(sp.read_file(self.m.path(n))), want[n], n)
         st = self.m.stats()
         self.assertGreater(st['pages_sharing'], 10 * 2048, st)
         # Writes still work and reach the disk; the store stays in bounds.
@@ -571,7 +537,7 @@ class TinyStoreQuota(sp.MountTestCase):
         # And the next mount still opens it and serves the same data.
         self.m.start()
         for n in names:
-            self.assertEqual(sha1(sp.read_file(self.m.path(n))), want[n], n)
+            self.assertEqual(sp.sha1(sp.read_file(self.m.path(n))), want[n], n)
 
 
 if __name__ == '__main__':

@@ -68,25 +68,6 @@ def wait_unshared(path, index, fsdir):
     raise AssertionError(f'{path} page {index} still shared')
 
 
-def pread_all(fd, length, off):
-    out = bytearray()
-    while len(out) < length:
-        b = os.pread(fd, length - len(out), off + len(out))
-        if not b:
-            break
-        out += b
-    return bytes(out)
-
-
-def require_pause_points(m):
-    try:
-        m.set('pause_wb_before_io', '0')
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise unittest.SkipTest('samepagefs built without failpoints')
-        raise
-
-
 class Paused:
     """Arm a pause point; wait() until a thread stopped there; always
     released on exit."""
@@ -127,7 +108,7 @@ class XfsMountCase(unittest.TestCase):
         self.m = sp.Mount(opts=self.mount_opts, backing=self.backing)
         self.m.start()
         self.addCleanup(self.m.cleanup)
-        require_pause_points(self.m)
+        sp.require_failpoints(self.m, 'pause_wb_before_io')
         return self.m
 
     def write_backing(self, name, data):
@@ -186,8 +167,8 @@ class TestWritebackOrder(XfsMountCase):
         self.addCleanup(os.close, fa)
         fb = os.open(m.path('b'), os.O_RDONLY)
         self.addCleanup(os.close, fb)
-        self.assertEqual(pread_all(fa, len(old), 0), old)
-        self.assertEqual(pread_all(fb, len(old), 0), old)
+        self.assertEqual(sp.pread_all(fa, len(old), 0), old)
+        self.assertEqual(sp.pread_all(fb, len(old), 0), old)
         new = b'\x5a' * PAGE
         with Paused(m, 'wb_batch_done') as p:
             os.pwrite(fa, new, 0)   # the writeback thread takes it
@@ -250,7 +231,7 @@ class TestFullCacheFailingDisk(sp.MountTestCase):
     mount_opts = ('cache_size=1M', 'writeback_ms=50')
 
     def test_writer_gets_error_after_bounded_wait(self):
-        require_pause_points(self.m)
+        sp.require_failpoints(self.m, 'pause_wb_before_io')
         fd = os.open(self.m.path('f'), os.O_RDWR | os.O_CREAT, 0o644)
         chunk = os.urandom(256 * KiB)
         err = None
@@ -277,7 +258,7 @@ class TestFullCacheFailingDisk(sp.MountTestCase):
                 self.assertEqual(e.errno, errno.EIO)
                 os.fsync(fd)
             n = i * len(chunk)
-            self.assertEqual(pread_all(fd, n, 0), chunk * i)
+            self.assertEqual(sp.pread_all(fd, n, 0), chunk * i)
         finally:
             self.m.set('fail_write', '0')
             os.close(fd)

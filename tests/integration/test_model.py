@@ -13,7 +13,6 @@ and SAMEPAGE_MODEL_OPS to change the number of operations.
 """
 
 import collections
-import ctypes
 import os
 import random
 import sys
@@ -28,19 +27,6 @@ MAX_OFF = 160 * KiB        # keeps files small so every check reads them whole
 MAX_OFF_TINY = 384 * KiB   # eight such files overflow a 1 MiB cache
 MAX_ORPHANS = 3
 
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                            ctypes.c_int64]
-
-
-def punch_hole(fd, off, length):
-    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                       off, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f'fallocate punch {off}+{length}: {os.strerror(e)}')
-
 
 def read_fd(fd):
     out = bytearray()
@@ -51,31 +37,14 @@ def read_fd(fd):
         out += b
 
 
-class Obj:
+class Obj(sp.FileModel):
     """One file (inode) of the model."""
     _ids = 0
 
     def __init__(self):
+        super().__init__()
         Obj._ids += 1
         self.id = Obj._ids
-        self.data = bytearray()
-
-    def write(self, off, data):
-        end = off + len(data)
-        if end > len(self.data):
-            self.data += bytes(end - len(self.data))
-        self.data[off:end] = data
-
-    def truncate(self, size):
-        if size < len(self.data):
-            del self.data[size:]
-        else:
-            self.data += bytes(size - len(self.data))
-
-    def punch(self, off, length):
-        end = min(off + length, len(self.data))
-        if end > off:
-            self.data[off:end] = bytes(end - off)
 
 
 class ModelRun:
@@ -139,7 +108,7 @@ class ModelRun:
         got = read_fd(fd)
         if got != obj.data:
             raise AssertionError(f'{what}: content differs from the model '
-                                 f'at byte {_first_diff(got, obj.data)} '
+                                 f'at byte {sp.first_diff(got, obj.data)} '
                                  f'(got {len(got)} bytes, model '
                                  f'{len(obj.data)})')
 
@@ -212,7 +181,7 @@ class ModelRun:
         off = self.rand_off(len(obj.data))
         length = self.rand_len()
         self.log.append(f'punch {name} {off}+{length}')
-        punch_hole(fd, off, length)
+        sp.punch_hole(fd, off, length)
         obj.punch(off, length)
         self.verify(name)
 
@@ -417,16 +386,8 @@ class ModelRun:
             if got != obj.data:
                 raise AssertionError(
                     f'backing {name} differs from the model at byte '
-                    f'{_first_diff(got, obj.data)} (got {len(got)} bytes, '
+                    f'{sp.first_diff(got, obj.data)} (got {len(got)} bytes, '
                     f'model {len(obj.data)})')
-
-
-def _first_diff(a, b):
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def _seed():

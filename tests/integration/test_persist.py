@@ -6,7 +6,6 @@ with one line, refuses a damaged store with one clear message, forgets
 deleted files and survives being killed.
 """
 
-import hashlib
 import os
 import random
 import re
@@ -23,21 +22,6 @@ import sp  # noqa: E402
 KiB = 1 << 10
 MiB = 1 << 20
 PAGE = 4096
-
-
-def sha1(data):
-    return hashlib.sha1(data).hexdigest()
-
-
-def sha1_path(path):
-    h = hashlib.sha1()
-    with open(path, 'rb', buffering=0) as f:
-        while True:
-            b = f.read(MiB)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def store_counts(state_dir):
@@ -64,10 +48,10 @@ class PersistCase(sp.MountTestCase):
         names = [f'{prefix}{i}' for i in range(n)]
         for name in names:
             sp.write_file(self.m.bpath(name), data)
-        return names, sha1(data)
+        return names, sp.sha1(data)
 
     def read_all(self, names):
-        return {n: sha1_path(self.m.path(n)) for n in names}
+        return {n: sp.sha1_path(self.m.path(n)) for n in names}
 
     def state(self):
         return self.m.bpath('.samepage')
@@ -97,7 +81,7 @@ class WarmRestart(PersistCase):
         io0 = io_read_bytes(self.m.pid)
         # The first copy is read from disk (and hashed: a frame's
         # fingerprint comes from what was read, never from the store) ...
-        self.assertEqual(sha1_path(self.m.path(names[0])), want)
+        self.assertEqual(sp.sha1_path(self.m.path(names[0])), want)
         st0 = self.m.stats()
         # ... the 7 others are mapped to its frames without reading or
         # hashing them, on the SHA-256s the store holds.
@@ -148,13 +132,13 @@ class ChangedBehind(PersistCase):
         self.m.start()
         # Copies first: their frames are what a stale fingerprint of
         # copy0 would map it to.
-        self.assertEqual(sha1_path(self.m.path('copy1')), want)
-        self.assertEqual(sha1_path(self.m.path('copy2')), want)
+        self.assertEqual(sp.sha1_path(self.m.path('copy1')), want)
+        self.assertEqual(sp.sha1_path(self.m.path('copy2')), want)
         got = sp.read_file(self.m.path('copy0'))
         self.assertEqual(got[5 * PAGE:6 * PAGE], patch,
                          'a page changed behind the mount (size and mtime '
                          'restored) is served from the old fingerprint')
-        self.assertEqual(sha1(got), sha1(new))
+        self.assertEqual(sp.sha1(got), sp.sha1(new))
 
     def test_changed_while_mounted_closed_file_reopen_serves_new(self):
         names, want = self.copies(3, 1 * MiB)
@@ -163,7 +147,7 @@ class ChangedBehind(PersistCase):
         self._patch_keep_mtime(self.m.bpath('copy1'), 7, patch)
         got = sp.read_file(self.m.path('copy1'))
         self.assertEqual(got[7 * PAGE:8 * PAGE], patch)
-        self.assertEqual(sha1_path(self.m.path('copy2')), want)
+        self.assertEqual(sp.sha1_path(self.m.path('copy2')), want)
 
 
 class OldFormat(PersistCase):
@@ -317,7 +301,7 @@ class DeletedFile(PersistCase):
 
         # Read in this session, then deleted through the mount.
         self.m.start()
-        sha1_path(self.m.path('copy4'))
+        sp.sha1_path(self.m.path('copy4'))
         os.unlink(self.m.path('copy4'))
         n1 = self.files_after_stop()
         self.assertEqual(n1, n0 - 1, 'records of a file read, then deleted '
@@ -334,7 +318,7 @@ class DeletedFile(PersistCase):
         # mount runs (a background pass).
         os.unlink(self.m.bpath('copy2'))
         self.m.start()
-        self.assertEqual(sha1_path(self.m.path('copy0')), want)
+        self.assertEqual(sp.sha1_path(self.m.path('copy0')), want)
         time.sleep(2)
         n3 = self.files_after_stop()
         self.assertEqual(n3, n2 - 1, 'records of a file deleted behind the '
@@ -371,7 +355,7 @@ class KillDuringIO(PersistCase):
                         os.fsync(f.fileno())
                 except OSError:
                     return
-                synced[name] = sha1(data)
+                synced[name] = sp.sha1(data)
                 # Also change a copy, through the mount.
                 try:
                     fd = os.open(self.m.path(names[i % 3]), os.O_WRONLY)
@@ -407,14 +391,14 @@ class KillDuringIO(PersistCase):
                  if ln.strip() and 'mounted' not in ln]
         self.assertFalse(lines, f'complaints after the crash: {lines}')
         for name, h in synced.items():
-            self.assertEqual(sha1_path(self.m.path(name)), h, name)
+            self.assertEqual(sp.sha1_path(self.m.path(name)), h, name)
         for name in names:
             if name not in changed:
-                self.assertEqual(sha1_path(self.m.path(name)), want, name)
+                self.assertEqual(sp.sha1_path(self.m.path(name)), want, name)
         # Mounted copies still match the disk, changed or not.
         for name in names:
-            self.assertEqual(sha1_path(self.m.path(name)),
-                             sha1_path(self.m.bpath(name)), name)
+            self.assertEqual(sp.sha1_path(self.m.path(name)),
+                             sp.sha1_path(self.m.bpath(name)), name)
 
 
 if __name__ == '__main__':

@@ -24,14 +24,10 @@ import sp
 libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
 libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
                            ctypes.c_char_p, ctypes.c_uint]
-libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                           ctypes.c_int64]
 
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-FALLOC_FL_KEEP_SIZE = 1
-FALLOC_FL_PUNCH_HOLE = 2
 PAGE = 4096
 NOBODY = 65534
 
@@ -41,12 +37,6 @@ def renameat2(old, new, flags):
                       flags) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), old)
-
-
-def fallocate(fd, mode, offset, length):
-    if libc.fallocate(fd, mode, offset, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
 
 
 def sync_file(path):
@@ -531,7 +521,7 @@ class TestFsOps(PosixCase):
         fd = os.open(self.m.path('fa'), os.O_CREAT | os.O_RDWR, 0o644)
         try:
             os.write(fd, b'start')
-            fallocate(fd, 0, 0, 1 << 20)
+            sp.fallocate(fd, 0, 0, 1 << 20)
             self.assertEqual(os.fstat(fd).st_size, 1 << 20)
             self.assertEqual(os.pread(fd, 1 << 20, 0),
                              b'start' + bytes((1 << 20) - 5))
@@ -546,8 +536,8 @@ class TestFsOps(PosixCase):
         self.assertEqual(sp.read_file(self.m.path('p')), data)  # cached now
         fd = os.open(self.m.path('p'), os.O_RDWR)
         try:
-            fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                      PAGE, PAGE + 100)
+            sp.fallocate(fd, sp.FALLOC_FL_PUNCH_HOLE | sp.FALLOC_FL_KEEP_SIZE,
+                         PAGE, PAGE + 100)
             self.assertEqual(os.fstat(fd).st_size, 4 * PAGE)
         finally:
             os.close(fd)

@@ -9,13 +9,11 @@ changes behind the mount never serve stale frames, and a file that is half
 reflinked and half copied.
 """
 
-import ctypes
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sp  # noqa: E402
@@ -24,55 +22,11 @@ KiB = 1 << 10
 MiB = 1 << 20
 PAGE = 4096
 
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                            ctypes.c_int64]
 
+class ReflinkCase(sp.MountTestCase):
+    """sp.MountTestCase (its tearDown too) with the mount's backing on a
+    fresh XFS image."""
 
-def fallocate(fd, mode, off, length):
-    if _libc.fallocate(fd, mode, off, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f'fallocate mode {mode:#x} {off}+{length}: '
-                      f'{os.strerror(e)}')
-
-
-def read_path(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
-def sha1_path(path):
-    h = hashlib.sha1()
-    with open(path, 'rb', buffering=0) as f:
-        while True:
-            b = f.read(MiB)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def write_synced(path, data, mode='wb'):
-    with open(path, mode) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def first_diff(a, b):
-    n = min(len(a), len(b))
-    for i in range(0, n, PAGE):
-        if a[i:i + PAGE] != b[i:i + PAGE]:
-            for j in range(i, min(i + PAGE, n)):
-                if a[j] != b[j]:
-                    return j
-    return n
-
-
-class ReflinkCase(unittest.TestCase):
     mount_opts = ('cache_size=256M',)
     image_mb = 512
 
@@ -85,21 +39,11 @@ class ReflinkCase(unittest.TestCase):
         self.img = sp.XfsImage(self.image_mb)
         self.img.__enter__()
         self.addCleanup(self.img.__exit__, None, None, None)
-        self.m = sp.Mount(opts=self.mount_opts, backing=self.img.dir)
-        self.addCleanup(self.m.cleanup)
-        self.m.start()
-
-    def tearDown(self):
-        # As in sp.MountTestCase: a crash after the last assertion still
-        # fails the test.
-        was_running = self.m.proc is not None
-        rc = self.m.stop()
-        if was_running and rc != 0:
-            self.fail(f'samepagefs exited with {rc}:\n{self.m.log()[-4000:]}')
+        self.start_mount(backing=self.img.dir)
 
     def assert_same(self, got, want, what):
         if got != want:
-            d = first_diff(got, want)
+            d = sp.first_diff(got, want)
             self.fail(f'{what}: len got {len(got)} want {len(want)}, first '
                       f'difference at byte {d} (page {d // PAGE}): got '
                       f'{got[d:d + 8].hex()} want {want[d:d + 8].hex()}')
@@ -109,7 +53,7 @@ class ReflinkCase(unittest.TestCase):
         the backing directory; returns (names, data)."""
         data = os.urandom(size)
         names = [f'{prefix}{i}' for i in range(n)]
-        write_synced(self.m.bpath(names[0]), data)
+        sp.write_synced(self.m.bpath(names[0]), data)
         for name in names[1:]:
             sp.reflink(self.m.bpath(names[0]), self.m.bpath(name))
         return names, data
@@ -124,7 +68,7 @@ class EightClones(ReflinkCase):
         del data
         rss0 = self.m.anon_bytes()
         for n in names:
-            self.assertEqual(sha1_path(self.m.path(n)), want, n)
+            self.assertEqual(sp.sha1_path(self.m.path(n)), want, n)
         rss1 = self.m.anon_bytes()
         st = self.m.stats()
         self.assertLessEqual(st['cache_bytes'], 1.15 * size + 2 * MiB, st)
@@ -145,7 +89,7 @@ class CloneIsolation(ReflinkCase):
         size = 8 * MiB
         names, data = self.clones(size, 4)
         for n in names:
-            self.assert_same(read_path(self.m.path(n)), data, n)
+            self.assert_same(sp.read_file(self.m.path(n)), data, n)
         model = bytearray(data)
         writes = [(0, 1), (PAGE - 1, 2), (5 * PAGE, PAGE),
                   (MiB + 100, 3 * PAGE), (size - 1, 1)]
@@ -161,15 +105,16 @@ class CloneIsolation(ReflinkCase):
                         self.assert_same(
                             g.read(hi - lo), data[lo:hi],
                             f'{n} after write {off}+{length} to {names[1]}')
-        self.assert_same(read_path(self.m.path(names[1])), bytes(model),
+        self.assert_same(sp.read_file(self.m.path(names[1])), bytes(model),
                          names[1])
         st = self.m.stats()
         self.assertGreater(st['cow_breaks'], 0, st)
         self.assertEqual(self.m.stop(), 0)
-        self.assert_same(read_path(self.m.bpath(names[1])), bytes(model),
+        self.assert_same(sp.read_file(self.m.bpath(names[1])), bytes(model),
                          f'backing {names[1]}')
         for n in names[:1] + names[2:]:
-            self.assert_same(read_path(self.m.bpath(n)), data, f'backing {n}')
+            self.assert_same(sp.read_file(self.m.bpath(n)), data,
+                             f'backing {n}')
 
 
 class CloneThroughMount(ReflinkCase):
@@ -187,13 +132,13 @@ class CloneThroughMount(ReflinkCase):
         size = 16 * MiB
         npages = size // PAGE
         data = os.urandom(size)
-        write_synced(self.m.bpath('src'), data)
-        self.assert_same(read_path(self.m.path('src')), data, 'src')
+        sp.write_synced(self.m.bpath('src'), data)
+        self.assert_same(sp.read_file(self.m.path('src')), data, 'src')
         st0 = self.m.stats()
 
         subprocess.run(['cp', '--reflink=auto', self.m.path('src'),
                         self.m.path('dst1')], check=True)
-        self.assert_same(read_path(self.m.path('dst1')), data, 'dst1 (cp)')
+        self.assert_same(sp.read_file(self.m.path('dst1')), data, 'dst1 (cp)')
         self.settle()
         st1 = self.m.stats()
         self.assertGreaterEqual(st1['pages_sharing'] - st0['pages_sharing'],
@@ -212,7 +157,7 @@ class CloneThroughMount(ReflinkCase):
         finally:
             os.close(fd)
             os.close(fs)
-        self.assert_same(read_path(self.m.path('dst2')), data,
+        self.assert_same(sp.read_file(self.m.path('dst2')), data,
                          'dst2 (copy_file_range)')
         self.settle()
         st2 = self.m.stats()
@@ -225,16 +170,17 @@ class CloneThroughMount(ReflinkCase):
         with open(self.m.path('dst1'), 'r+b') as f:
             f.seek(12345)
             f.write(b'clone one')
-        self.assert_same(read_path(self.m.path('src')), data, 'src after '
+        self.assert_same(sp.read_file(self.m.path('src')), data, 'src after '
                          'writing dst1')
-        self.assert_same(read_path(self.m.path('dst2')), data, 'dst2 after '
+        self.assert_same(sp.read_file(self.m.path('dst2')), data, 'dst2 after '
                          'writing dst1')
         self.assertEqual(self.m.stop(), 0)
         for n in ('src', 'dst2'):
-            self.assert_same(read_path(self.m.bpath(n)), data, f'backing {n}')
+            self.assert_same(sp.read_file(self.m.bpath(n)), data,
+                             f'backing {n}')
         want1 = bytearray(data)
         want1[12345:12354] = b'clone one'
-        self.assert_same(read_path(self.m.bpath('dst1')), bytes(want1),
+        self.assert_same(sp.read_file(self.m.bpath('dst1')), bytes(want1),
                          'backing dst1')
 
 
@@ -243,16 +189,16 @@ class ExtentChanges(ReflinkCase):
         size = 8 * MiB
         names, data = self.clones(size, 4)
         other = os.urandom(4 * MiB)
-        write_synced(self.m.bpath('other'), other)
+        sp.write_synced(self.m.bpath('other'), other)
         for n in names + ['other']:
-            self.assert_same(read_path(self.m.path(n)), data if n != 'other'
+            self.assert_same(sp.read_file(self.m.path(n)), data if n != 'other'
                              else other, f'{n} first read')
         want = {n: bytearray(data) for n in names}
         want['other'] = bytearray(other)
 
         def check_all(after):
             for n, w in want.items():
-                self.assert_same(read_path(self.m.path(n)), bytes(w),
+                self.assert_same(sp.read_file(self.m.path(n)), bytes(w),
                                  f'{n} after {after}')
                 self.assertEqual(os.stat(self.m.path(n)).st_size, len(w),
                                  f'{n} size after {after}')
@@ -273,8 +219,8 @@ class ExtentChanges(ReflinkCase):
         fd = os.open(self.m.bpath('c2'), os.O_RDWR)
         try:
             for off, length in [(2 * MiB, 64 * KiB), (3 * MiB + 5, 10000)]:
-                fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                          off, length)
+                sp.fallocate(fd, sp.FALLOC_FL_PUNCH_HOLE
+                             | sp.FALLOC_FL_KEEP_SIZE, off, length)
                 want['c2'][off:off + length] = bytes(length)
             os.fsync(fd)
         finally:
@@ -284,9 +230,9 @@ class ExtentChanges(ReflinkCase):
         # 3. zero a range of c3 and extend it with fallocate
         fd = os.open(self.m.bpath('c3'), os.O_RDWR)
         try:
-            fallocate(fd, FALLOC_FL_ZERO_RANGE, 4 * MiB, MiB)
+            sp.fallocate(fd, sp.FALLOC_FL_ZERO_RANGE, 4 * MiB, MiB)
             want['c3'][4 * MiB:5 * MiB] = bytes(MiB)
-            fallocate(fd, 0, size, MiB)
+            sp.fallocate(fd, 0, size, MiB)
             want['c3'] += bytes(MiB)
             os.fsync(fd)
         finally:
@@ -302,12 +248,12 @@ class ExtentChanges(ReflinkCase):
         # file is likely to get the same physical addresses, and must not
         # be served the dead file's frames.
         victim = os.urandom(16 * MiB)
-        write_synced(self.m.bpath('victim'), victim)
-        self.assert_same(read_path(self.m.path('victim')), victim, 'victim')
+        sp.write_synced(self.m.bpath('victim'), victim)
+        self.assert_same(sp.read_file(self.m.path('victim')), victim, 'victim')
         os.unlink(self.m.bpath('victim'))
         os.sync()
         fresh = os.urandom(16 * MiB)
-        write_synced(self.m.bpath('fresh'), fresh)
+        sp.write_synced(self.m.bpath('fresh'), fresh)
         want['fresh'] = bytearray(fresh)
         check_all('deleting victim and writing fresh behind the mount')
 
@@ -317,7 +263,7 @@ class HalfReflinked(ReflinkCase):
         size = 16 * MiB
         npages = size // PAGE
         data = os.urandom(size)
-        write_synced(self.m.bpath('master'), data)
+        sp.write_synced(self.m.bpath('master'), data)
         sp.reflink(self.m.bpath('master'), self.m.bpath('half'))
         # Rewrite the second half with the same bytes: XFS gives it new
         # blocks, so only the first half still shares extents with master.
@@ -328,9 +274,9 @@ class HalfReflinked(ReflinkCase):
             os.fsync(f.fileno())
         self.m.set('pages_to_scan', 1 << 20)
         self.m.set('sleep_millisecs', 1)
-        self.assert_same(read_path(self.m.path('master')), data, 'master')
+        self.assert_same(sp.read_file(self.m.path('master')), data, 'master')
         st0 = self.m.stats()
-        self.assert_same(read_path(self.m.path('half')), data, 'half')
+        self.assert_same(sp.read_file(self.m.path('half')), data, 'half')
         self.m.scan(wait=True)
         self.m.scan(wait=True)
         st1 = self.m.stats()
@@ -342,7 +288,7 @@ class HalfReflinked(ReflinkCase):
         self.assertLessEqual(diff['cache_bytes'], 0.05 * size, msg)
         self.assertGreaterEqual(diff['reflink_merges'], 0.45 * npages, msg)
         self.assertGreaterEqual(diff['content_merges'], 0.45 * npages, msg)
-        self.assert_same(read_path(self.m.path('half')), data, 'half again')
+        self.assert_same(sp.read_file(self.m.path('half')), data, 'half again')
 
 
 if __name__ == '__main__':

@@ -9,7 +9,6 @@ on the backing file system directly.
 """
 
 import errno
-import json
 import os
 import stat
 import subprocess
@@ -34,29 +33,13 @@ def become_nobody():
 def as_nobody(fn):
     """Run fn() as uid/gid 65534 in a forked child; its JSON-able result
     (an exception comes back as {'exception': repr})."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            become_nobody()
-            out = fn()
-        except BaseException as e:  # never unwind into the parent's code
-            out = {'exception': repr(e)}
-        try:
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks = []
-    while True:
-        b = os.read(r, 65536)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(r)
+    def child():
+        become_nobody()
+        return fn()
+    pid, r = sp.fork_json(child, error_key='exception')
+    out = sp.read_json(r, b'null')
     os.waitpid(pid, 0)
-    return json.loads(b''.join(chunks) or b'null')
+    return out
 
 
 def errno_of(op):
@@ -66,11 +49,6 @@ def errno_of(op):
     except OSError as e:
         return errno.errorcode.get(e.errno, str(e.errno))
     return 'OK'
-
-
-def read_path(path):
-    with open(path, 'rb') as f:
-        return f.read()
 
 
 class SharedMount(sp.MountTestCase):
@@ -98,7 +76,7 @@ class OtherUser(SharedMount):
         def child():
             os.umask(0o022)
             res = {
-                'read 0600': errno_of(lambda: read_path(
+                'read 0600': errno_of(lambda: sp.read_file(
                     self.m.path('secret'))),
                 'write 0644': errno_of(lambda: open(
                     self.m.path('public'), 'r+b').close()),
@@ -122,7 +100,7 @@ class OtherUser(SharedMount):
             os.mkdir(self.m.path('mydir'))
             res['chown own to root'] = errno_of(lambda: os.chown(
                 self.m.path('mine'), 0, 0))
-            res['read public'] = read_path(self.m.path('public')).decode()
+            res['read public'] = sp.read_file(self.m.path('public')).decode()
             return res
 
         res = as_nobody(child)
@@ -138,8 +116,8 @@ class OtherUser(SharedMount):
                 st = os.lstat(p)
                 self.assertEqual((st.st_uid, st.st_gid), (NOBODY, NOBODY), p)
         self.assertFalse(os.path.exists(self.m.bpath('nulldev')))
-        self.assertEqual(read_path(self.m.bpath('secret')), b'root only')
-        self.assertEqual(read_path(self.m.bpath('public')), b'root writes')
+        self.assertEqual(sp.read_file(self.m.bpath('secret')), b'root only')
+        self.assertEqual(sp.read_file(self.m.bpath('public')), b'root writes')
         self.assertEqual(stat.S_IMODE(os.stat(self.m.bpath('public'))
                                       .st_mode), 0o644)
 
@@ -167,7 +145,7 @@ class OtherUser(SharedMount):
         self.assertEqual(self.m.knobs(), before)
         # A failpoint set by nobody would make this read fail.
         sp.write_file(self.m.bpath('cold'), b'c' * 10000)
-        self.assertEqual(read_path(self.m.path('cold')), b'c' * 10000)
+        self.assertEqual(sp.read_file(self.m.path('cold')), b'c' * 10000)
 
     def test_file_report_names_no_file_the_caller_cannot_see(self):
         # Root keeps a file in a directory nobody may not enter. nobody
@@ -308,18 +286,18 @@ class DotDotAndSymlinks(unittest.TestCase):
             os.stat(m.path('up')),
             os.stat(os.path.join(m.mnt, '..', '..', '..'))))
         # Root may follow them (the kernel does, not the daemon).
-        self.assertEqual(read_path(m.path('to_secret')), b'top secret')
-        self.assertEqual(read_path(m.path('to_etc', 'hostname')),
-                         read_path('/etc/hostname'))
+        self.assertEqual(sp.read_file(m.path('to_secret')), b'top secret')
+        self.assertEqual(sp.read_file(m.path('to_etc', 'hostname')),
+                         sp.read_file('/etc/hostname'))
 
         def child():
             return {
                 'open link to 0700/0600 secret': errno_of(
-                    lambda: read_path(m.path('to_secret'))),
+                    lambda: sp.read_file(m.path('to_secret'))),
                 'readlink': os.readlink(m.path('to_secret')),
                 'open with O_NOFOLLOW': errno_of(lambda: os.close(os.open(
                     m.path('to_secret'), os.O_RDONLY | os.O_NOFOLLOW))),
-                'read direct': errno_of(lambda: read_path(self.secret)),
+                'read direct': errno_of(lambda: sp.read_file(self.secret)),
             }
 
         res = as_nobody(child)
@@ -346,6 +324,16 @@ def chowned_copies(m, data, owners):
         os.chown(p, uid, uid)
 
 
+def read_and_scan(m, fds):
+    """Read every file to its end, then two full scans: what may merge
+    has merged."""
+    for fd in fds:
+        while os.read(fd, 1 << 20):
+            pass
+    m.scan()
+    m.scan()
+
+
 def file_report(m, name):
     rep = {'sharers': []}
     for line in os.getxattr(m.path(name), 'samepage.file').decode() \
@@ -367,11 +355,7 @@ class ScopeUid(sp.MountTestCase):
         while all are open (a closed file may lose its pages)."""
         fds = [os.open(self.m.path(n), os.O_RDONLY) for n in names]
         try:
-            for fd in fds:
-                while os.read(fd, 1 << 20):
-                    pass
-            self.m.scan()
-            self.m.scan()
+            read_and_scan(self.m, fds)
             return {n: file_report(self.m, n) for n in names}
         finally:
             for fd in fds:
@@ -416,11 +400,7 @@ class ScopeNone(sp.MountTestCase):
         fds = [os.open(self.m.path(n), os.O_RDONLY)
                for n in names + ['zeros']]
         try:
-            for fd in fds:
-                while os.read(fd, 1 << 20):
-                    pass
-            self.m.scan()
-            self.m.scan()
+            read_and_scan(self.m, fds)
             st = self.m.stats()
             self.assertEqual(st['pages_sharing'], 0, st)
             self.assertEqual(st['pages_shared'], 0, st)

@@ -34,24 +34,6 @@ DEADLINE_S = 90
 RSS_GROWTH_MAX = 16 * MiB
 
 
-def run_in_child(fn, *args):
-    """Fork; fn(*args) in the child; (pid, read end) for its JSON result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = fn(*args)
-        except BaseException as e:  # report, never unwind into the parent
-            out = {'error': repr(e)}
-        try:
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    return pid, r
-
-
 def collect_child(pid, r, deadline):
     """The child's result, or None if it missed the deadline (killed)."""
     while time.monotonic() < deadline:
@@ -64,24 +46,7 @@ def collect_child(pid, r, deadline):
         os.waitpid(pid, 0)
         os.close(r)
         return None
-    chunks = []
-    while True:
-        b = os.read(r, 65536)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(r)
-    return json.loads(b''.join(chunks) or b'{"error": "no result"}')
-
-
-def pread_all(fd, length, off):
-    out = bytearray()
-    while len(out) < length:
-        b = os.pread(fd, length - len(out), off + len(out))
-        if not b:
-            break
-        out += b
-    return bytes(out)
+    return sp.read_json(r, b'{"error": "no result"}')
 
 
 def worker(mnt, k, seconds, base):
@@ -119,14 +84,14 @@ def worker(mnt, k, seconds, base):
                 elif op < 0.7:
                     off = rng.randrange(len(model) + 1)
                     n = rng.choice([PAGE, 5000, 128 * KiB])
-                    got = pread_all(fd, n, off)
+                    got = sp.pread_all(fd, n, off)
                     if got != model[off:off + n]:
                         return {'error': f'{name}: read {off}+{n} differs '
                                 f'from what this process wrote'}
                 elif op < 0.8:
                     which = rng.choice(ro)
                     off = rng.randrange(BASE_SIZE // PAGE) * PAGE
-                    got = pread_all(which, 64 * KiB, off)
+                    got = sp.pread_all(which, 64 * KiB, off)
                     if got != base[off:off + 64 * KiB]:
                         return {'error': f'an unwritten sharer changed at '
                                 f'{off}: a write leaked through a shared '
@@ -154,7 +119,7 @@ def worker(mnt, k, seconds, base):
                                 break
                             left, off = left - n, off + n
                         os.pwrite(cfd, b'clone', 0)
-                        got = pread_all(cfd, len(model) + 1, 0)
+                        got = sp.pread_all(cfd, len(model) + 1, 0)
                         want = b'clone' + bytes(model[5:])
                         if len(model) >= 5 and got != want:
                             return {'error': f'clone of {name} differs'}
@@ -254,7 +219,7 @@ class Stress(unittest.TestCase):
         deadline = t0 + DEADLINE_S
         sng = self.start_stress_ng(r)
         fio = self.start_fio(r)
-        kids = [run_in_child(worker, self.m.mnt, k, ROUND_S, self.base)
+        kids = [sp.fork_json(worker, self.m.mnt, k, ROUND_S, self.base)
                 for k in range(NWORKERS)]
         # The control interface answers while all of that runs.
         slow = []
