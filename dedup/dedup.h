@@ -82,6 +82,8 @@ struct dedup_stats {
 	uint64_t store_distinct;
 	uint64_t store_bytes;
 	uint64_t store_paused;      /* 1: persistence paused after a failure */
+	uint64_t store_queue_full;  /* records dropped: the store's queue
+				     * was full */
 	int64_t  general_profit;    /* bytes saved minus dedup metadata */
 };
 

@@ -327,6 +327,7 @@ void persist_stats(struct dedup *d, struct dedup_stats *st)
 	st->store_distinct = ss.distinct;
 	st->store_bytes = ss.bytes;
 	st->store_paused = ss.paused;
+	st->store_queue_full = ss.queue_full;
 }
 
 void dedup_file_deleted(struct dedup *d, uint64_t dev, uint64_t ino)

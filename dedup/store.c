@@ -256,6 +256,7 @@ void store_get_stats(struct store *s, struct store_stats *st)
 	st->commits = atomic_load(&s->commits);
 	st->commit_errors = atomic_load(&s->commit_errors);
 	st->pruned_pages = atomic_load(&s->pruned_pages);
+	st->queue_full = atomic_load(&s->queue_full);
 	pthread_mutex_lock(&s->q_lock);
 	st->paused = s->paused;
 	pthread_mutex_unlock(&s->q_lock);

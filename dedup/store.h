@@ -157,6 +157,7 @@ struct store_stats {
 				    * larger: LMDB reuses, never shrinks) */
 	uint64_t quota_bytes;
 	uint64_t commits, commit_errors, pruned_pages;
+	uint64_t queue_full;       /* updates dropped: the queue was full */
 	bool paused;               /* persistence paused after a failure */
 };
 

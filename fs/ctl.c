@@ -125,6 +125,16 @@ static void ctl_stats(struct spfs *fs, struct ctl_buf *b)
 	U("uring_fallbacks", cs.uring_fallbacks);
 	U("readahead_pages", cs.readahead_pages);
 	U("free_frame_bytes", cs.free_frame_bytes);
+	/* Persistence: the warm restart's work, and the store itself. */
+	U("digests_computed", ds.digests_computed);
+	U("store_hits", ds.store_hits);
+	U("store_merges", ds.store_merges);
+	U("store_files", ds.store_files);
+	U("store_pages", ds.store_pages);
+	U("store_distinct", ds.store_distinct);
+	U("store_bytes", ds.store_bytes);
+	U("store_paused", ds.store_paused);
+	U("store_queue_full", ds.store_queue_full);
 #undef U
 	ctl_printf(b, "general_profit %" PRId64 "\n", ds.general_profit);
 }

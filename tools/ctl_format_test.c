@@ -251,16 +251,17 @@ static void test_rates(void)
 	char *out;
 
 	CHECK(ctl_parse_kv("hits 100\nmisses 10\nbacking_read_bytes 0\n"
-			   "content_merges 5\nreflink_merges 1\ncow_breaks 9\n",
-			   true, &a, NULL) == 0);
+			   "content_merges 5\nreflink_merges 1\ncow_breaks 9\n"
+			   "store_merges 2\n", true, &a, NULL) == 0);
 	CHECK(ctl_parse_kv("hits 300\nmisses 30\nbacking_read_bytes 4194304\n"
 			   "content_merges 15\nreflink_merges 3\ncow_breaks 1\n"
+			   "store_merges 6\n"
 			   "full_scans 4\ncache_bytes 8192\npages_sharing 2\n"
 			   "zero_pages 1\n", true, &b, NULL) == 0);
 	ctl_compute_rates(&a, &b, 2.0, &r);
 	CHECK(r.hits == 100 && r.misses == 10 && r.reads == 110);
 	CHECK(r.read_mib == 2.0 && r.write_mib == 0);
-	CHECK(r.merges == 6);
+	CHECK(r.merges == 8);
 	CHECK(r.cow_breaks == 0);   /* went down: a restarted daemon */
 	CHECK(r.full_scans == 4 && r.used_bytes == 8192);
 	CHECK(r.saved_bytes == 3 * 4096);

@@ -64,9 +64,10 @@ static const struct help {
 	  "shares pages with (paths relative to the mount root).\n" },
 	{ "watch", "watch [-n SECONDS] [--count N] [--timeout S] MOUNTPOINT",
 	  "Show rates per second, refreshed every interval: reads (hits and\n"
-	  "misses), backing read and write MiB/s, merges (content and reflink),\n"
-	  "COW breaks, full scans, memory used and saved. On a terminal the\n"
-	  "screen is redrawn; otherwise one line is printed per interval.\n"
+	  "misses), backing read and write MiB/s, merges (content, store and\n"
+	  "reflink), COW breaks, full scans, memory used and saved. On a\n"
+	  "terminal the screen is redrawn; otherwise one line is printed per\n"
+	  "interval.\n"
 	  "Stops on Ctrl-C or after N updates.\n"
 	  "\n"
 	  "  -n, --interval SECONDS  time between updates (default 1)\n"

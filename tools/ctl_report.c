@@ -278,6 +278,7 @@ void ctl_compute_rates(const struct ctl_kvlist *prev,
 	r->read_mib = rate(prev, cur, "backing_read_bytes", dt) / (1 << 20);
 	r->write_mib = rate(prev, cur, "backing_write_bytes", dt) / (1 << 20);
 	r->merges = rate(prev, cur, "content_merges", dt) +
+		    rate(prev, cur, "store_merges", dt) +
 		    rate(prev, cur, "reflink_merges", dt);
 	r->cow_breaks = rate(prev, cur, "cow_breaks", dt);
 	ctl_kv_int(cur, "full_scans", &r->full_scans);

@@ -62,7 +62,7 @@ struct ctl_rates {
 	double  misses;
 	double  read_mib;     /* backing MiB/s */
 	double  write_mib;
-	double  merges;       /* content + reflink merges/s */
+	double  merges;       /* content + store + reflink merges/s */
 	double  cow_breaks;
 	int64_t full_scans;   /* total so far */
 	int64_t used_bytes;   /* cache_bytes now */

@@ -40,7 +40,14 @@ GAUGES = {
     'cache_bytes', 'cache_limit_bytes', 'metadata_bytes', 'pages_shared',
     'pages_sharing', 'pages_unshared', 'pages_volatile', 'zero_pages',
     'frames_dirty', 'files_cached', 'general_profit', 'stable_chains',
-    'files_kept', 'uring_fallbacks', 'free_frame_bytes',
+    'files_kept', 'uring_fallbacks', 'free_frame_bytes', 'store_files',
+    'store_pages', 'store_distinct', 'store_bytes', 'store_paused',
+}
+# What persistence reports (the state store's counters).
+STORE_COUNTERS = {
+    'digests_computed', 'store_hits', 'store_merges', 'store_files',
+    'store_pages', 'store_distinct', 'store_bytes', 'store_paused',
+    'store_queue_full',
 }
 KNOBS = {'run', 'pages_to_scan', 'sleep_millisecs', 'max_page_sharing',
          'use_zero_pages', 'smart_scan', 'cache_size'}
@@ -250,6 +257,50 @@ class StatsTest(CtlMountTestCase):
         r = ctl('stats', '--json', '--prometheus', self.m.mnt)
         self.assertEqual(r.returncode, 2)
         self.assertIn('exclude', r.stderr)
+
+
+class StoreCountersTest(CtlMountTestCase):
+    """The state store's counters are in every view of stats, and a warm
+    restart moves them: the second copy is mapped on the stored digests
+    (store_merges), not merged by comparing contents (content_merges)."""
+
+    def test_warm_restart_shows_store_counters(self):
+        names = write_copies(self.m.backing, ncopies=2)
+        self.read_copies_and_hold(names)
+        for fd in self._held:
+            os.close(fd)
+        self._held = []
+        self.m.stop()
+        sp.drop_caches()
+        self.m.start()
+        before = self.stats()
+        self.assertFalse(STORE_COUNTERS - set(before), before)
+        self.assertEqual(before['store_files'], 2, before)
+        self.assertGreaterEqual(before['store_pages'], 2 * NPAGES * 0.95,
+                                before)
+        self.assertLessEqual(before['store_distinct'], NPAGES + 16, before)
+        self.assertGreater(before['store_bytes'], 0, before)
+        self.assertEqual(before['store_paused'], 0, before)
+        for n in names:
+            sp.read_file(self.m.path(n))
+        st = self.stats()
+        merged = st['store_merges'] - before['store_merges']
+        self.assertGreaterEqual(merged, NPAGES * 0.95, st)
+        self.assertGreaterEqual(st['store_hits'], st['store_merges'], st)
+        self.assertLess(st['content_merges'] - before['content_merges'],
+                        NPAGES * 0.05, st)
+        self.assertEqual(st['store_queue_full'], 0, st)
+
+        r = ctl('stats', self.m.mnt)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for k in STORE_COUNTERS:
+            self.assertRegex(r.stdout, rf'\n  {k} +\d+', k)
+        r = ctl('stats', '--prometheus', self.m.mnt)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        samples = parse_prometheus(r.stdout)
+        for k in STORE_COUNTERS:
+            self.assertEqual(samples['samepage_' + k][0],
+                             'gauge' if k in GAUGES else 'counter', k)
 
 
 class AwkwardMountpointTest(CtlMountTestCase):
