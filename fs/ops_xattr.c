@@ -33,13 +33,45 @@ static void ops_reply_sized(fuse_req_t req, size_t size, const char *buf,
 		fuse_reply_buf(req, buf, len);
 }
 
+/*
+ * Answer getxattr of name (listxattr when name is NULL) from the backing
+ * inode at path: the size alone when the caller asks with size 0, else
+ * the bytes, or ERANGE from the backing file system if they do not fit.
+ */
+static void ops_reply_backing(fuse_req_t req, const char *path,
+			      const char *name, size_t size)
+{
+	char *buf = NULL;
+	ssize_t n;
+
+	if (size > OPS_XATTR_MAX)
+		size = OPS_XATTR_MAX;
+	if (size) {
+		buf = malloc(size);
+		if (!buf) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+	}
+	if (name)
+		n = getxattr(path, name, buf, size);
+	else
+		n = listxattr(path, buf, size);
+	if (n < 0)
+		fuse_reply_err(req, errno);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
 void ops_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		  size_t size)
 {
 	struct spfs *fs = spfs_of(req);
 	struct inode *in = spfs_inode(fs, ino);
 	char path[32], *buf = NULL;
-	ssize_t n;
 
 	if (ctl_owns(name)) {
 		size_t len, slack;
@@ -55,57 +87,16 @@ void ops_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		return;
 	}
 	ops_xattr_path(path, in);
-	if (size == 0) {
-		n = getxattr(path, name, NULL, 0);
-		if (n < 0)
-			fuse_reply_err(req, errno);
-		else
-			fuse_reply_xattr(req, (size_t)n);
-		return;
-	}
-	if (size > OPS_XATTR_MAX)
-		size = OPS_XATTR_MAX;
-	buf = malloc(size);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	n = getxattr(path, name, buf, size);
-	if (n < 0)
-		fuse_reply_err(req, errno);
-	else
-		fuse_reply_buf(req, buf, (size_t)n);
-	free(buf);
+	ops_reply_backing(req, path, name, size);
 }
 
 void ops_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct spfs *fs = spfs_of(req);
-	char path[32], *buf;
-	ssize_t n;
+	char path[32];
 
 	ops_xattr_path(path, spfs_inode(fs, ino));
-	if (size == 0) {
-		n = listxattr(path, NULL, 0);
-		if (n < 0)
-			fuse_reply_err(req, errno);
-		else
-			fuse_reply_xattr(req, (size_t)n);
-		return;
-	}
-	if (size > OPS_XATTR_MAX)
-		size = OPS_XATTR_MAX;
-	buf = malloc(size);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	n = listxattr(path, buf, size);
-	if (n < 0)
-		fuse_reply_err(req, errno);
-	else
-		fuse_reply_buf(req, buf, (size_t)n);
-	free(buf);
+	ops_reply_backing(req, path, NULL, size);
 }
 
 void ops_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
