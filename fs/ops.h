@@ -66,6 +66,9 @@ void ops_creds_enter(struct spfs *fs, fuse_req_t req, struct ops_creds *c);
 void ops_creds_leave(struct ops_creds *c);
 /* The name is one the mount must not create or replace (EPERM). */
 int ops_check_new_name(struct spfs *fs, struct inode *dir, const char *name);
+/* Data operations (open, truncate) are for regular files: -EISDIR for a
+ * directory, -EINVAL for any other type. */
+int ops_check_regular(const struct inode *in);
 
 /* ops_dir.c */
 void ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

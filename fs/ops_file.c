@@ -86,10 +86,9 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 	struct cfile *cf;
 	int ret;
 
-	if (S_ISDIR(in->type))
-		return -EISDIR;
-	if (!S_ISREG(in->type))
-		return -EINVAL;
+	ret = ops_check_regular(in);
+	if (ret)
+		return ret;
 	if (want_write && fs->readonly)
 		return -EROFS;
 	ret = inode_open(&fs->itab, fs->cache, in, want_write, &cf);
@@ -191,6 +190,16 @@ out_err:
 	fuse_reply_err(req, -ret);
 }
 
+/* A read or write names an open file and an offset in it. */
+static int ops_io_check(const struct cfile *cf, off_t off)
+{
+	if (!cf)
+		return -EBADF;
+	if (off < 0)
+		return -EINVAL;
+	return 0;
+}
+
 void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	      struct fuse_file_info *fi)
 {
@@ -199,12 +208,9 @@ void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct cache_read_ctx *rc;
 	int ret;
 
-	if (!cf) {
-		fuse_reply_err(req, EBADF);
-		return;
-	}
-	if (off < 0) {
-		fuse_reply_err(req, EINVAL);
+	ret = ops_io_check(cf, off);
+	if (ret) {
+		fuse_reply_err(req, -ret);
 		return;
 	}
 	rc = ops_read_ctx();
@@ -240,15 +246,9 @@ void ops_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 	uint64_t where;
 	ssize_t n;
 
-	if (!cf) {
-		fuse_reply_err(req, EBADF);
-		return;
-	}
-	if (off < 0) {
-		fuse_reply_err(req, EINVAL);
-		return;
-	}
-	n = ops_modify_privs(req, in);
+	n = ops_io_check(cf, off);
+	if (!n)
+		n = ops_modify_privs(req, in);
 	if (n) {
 		fuse_reply_err(req, (int)-n);
 		return;

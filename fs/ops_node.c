@@ -58,12 +58,35 @@ int ops_do_lookup(struct spfs *fs, struct inode *dir, const char *name,
 	return 0;
 }
 
+int ops_check_regular(const struct inode *in)
+{
+	if (S_ISDIR(in->type))
+		return -EISDIR;
+	if (!S_ISREG(in->type))
+		return -EINVAL;
+	return 0;
+}
+
 /* Reply an entry; if the kernel did not take it, its lookup never happened. */
 static void ops_reply_entry(struct spfs *fs, fuse_req_t req,
 			    const struct fuse_entry_param *e)
 {
 	if (fuse_reply_entry(req, e) == -ENOENT && e->ino)
 		itab_forget(&fs->itab, spfs_inode(fs, e->ino), 1);
+}
+
+/* Answer a request that made dir/name: its entry if ret is 0, else ret. */
+static void ops_reply_made(struct spfs *fs, fuse_req_t req, struct inode *dir,
+			   const char *name, int ret)
+{
+	struct fuse_entry_param e;
+
+	if (!ret)
+		ret = ops_do_lookup(fs, dir, name, &e);
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		ops_reply_entry(fs, req, &e);
 }
 
 void ops_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -146,10 +169,9 @@ static int ops_set_size(struct spfs *fs, struct inode *in, off_t size)
 	struct cfile *cf;
 	int ret;
 
-	if (S_ISDIR(in->type))
-		return -EISDIR;
-	if (!S_ISREG(in->type))
-		return -EINVAL;
+	ret = ops_check_regular(in);
+	if (ret)
+		return ret;
 	if (fs->readonly)
 		return -EROFS;
 	if (size < 0)
@@ -328,13 +350,12 @@ static void ops_make_node(fuse_req_t req, fuse_ino_t parent,
 {
 	struct spfs *fs = spfs_of(req);
 	struct inode *dir = spfs_inode(fs, parent);
-	struct fuse_entry_param e;
 	struct ops_creds creds;
 	int ret, r;
 
 	ret = ops_check_new_name(fs, dir, name);
 	if (ret)
-		goto out_err;
+		goto out_reply;
 	ops_creds_enter(fs, req, &creds);
 	if (target)
 		r = symlinkat(target, dir->fd, name);
@@ -344,16 +365,8 @@ static void ops_make_node(fuse_req_t req, fuse_ino_t parent,
 		r = mknodat(dir->fd, name, mode, rdev);
 	ret = r ? -errno : 0;
 	ops_creds_leave(&creds);
-	if (ret)
-		goto out_err;
-	ret = ops_do_lookup(fs, dir, name, &e);
-	if (ret)
-		goto out_err;
-	ops_reply_entry(fs, req, &e);
-	return;
-
-out_err:
-	fuse_reply_err(req, -ret);
+out_reply:
+	ops_reply_made(fs, req, dir, name, ret);
 }
 
 void ops_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -380,30 +393,21 @@ void ops_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 	struct spfs *fs = spfs_of(req);
 	struct inode *in = spfs_inode(fs, ino);
 	struct inode *dir = spfs_inode(fs, newparent);
-	struct fuse_entry_param e;
 	char path[PROC_FD_LEN];
 	int ret;
 
 	ret = ops_check_new_name(fs, dir, newname);
 	if (ret)
-		goto out_err;
+		goto out_reply;
 	if (linkat(in->fd, "", dir->fd, newname, AT_EMPTY_PATH)) {
 		/* AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the magic link
 		 * does not (and links a symlink itself, not its target). */
 		proc_fd_path(path, in->fd);
-		if (linkat(AT_FDCWD, path, dir->fd, newname, AT_SYMLINK_FOLLOW)) {
+		if (linkat(AT_FDCWD, path, dir->fd, newname, AT_SYMLINK_FOLLOW))
 			ret = -errno;
-			goto out_err;
-		}
 	}
-	ret = ops_do_lookup(fs, dir, newname, &e);
-	if (ret)
-		goto out_err;
-	ops_reply_entry(fs, req, &e);
-	return;
-
-out_err:
-	fuse_reply_err(req, -ret);
+out_reply:
+	ops_reply_made(fs, req, dir, newname, ret);
 }
 
 /* The regular file about to lose the name dir/name, pinned, or NULL. */
