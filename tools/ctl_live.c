@@ -14,6 +14,29 @@
 #include <time.h>
 #include <unistd.h>
 
+/*
+ * What both commands do first: parse cmd's options, take the one mount
+ * point operand, let Ctrl-C end the loop that follows, and check that the
+ * mount answers. Returns -1 to go on with *mount, or an exit code.
+ */
+static int live_start(const char *cmd, int argc, char **argv,
+		      const char *shortopts, const struct option *opts,
+		      int (*handle)(int opt, const char *arg),
+		      const char **mount)
+{
+	int ret;
+
+	ret = ctl_parse_options(cmd, argc, argv, shortopts, opts, handle);
+	if (ret >= 0)
+		return ret;
+	if (!ctl_want_args(cmd, argc, argv, 1, 1))
+		return CTL_EXIT_USAGE;
+	*mount = argv[optind];
+	ctl_catch_sigint();
+	ret = ctl_open_mount(*mount, NULL);
+	return ret ? ret : -1;
+}
+
 /* ---- watch ------------------------------------------------------------- */
 
 static double watch_interval = 1;
@@ -56,15 +79,8 @@ int ctl_cmd_watch(int argc, char **argv)
 	long shown = 0;
 	int ret;
 
-	ret = ctl_parse_options("watch", argc, argv, "n:", opts, watch_option);
+	ret = live_start("watch", argc, argv, "n:", opts, watch_option, &mount);
 	if (ret >= 0)
-		return ret;
-	if (!ctl_want_args("watch", argc, argv, 1, 1))
-		return CTL_EXIT_USAGE;
-	mount = argv[optind];
-	ctl_catch_sigint();
-	ret = ctl_open_mount(mount, NULL);
-	if (ret)
 		return ret;
 	ret = ctl_fetch_kv(mount, CTL_XA_STATS, true, &prev);
 	if (ret)
@@ -235,15 +251,8 @@ int ctl_cmd_scan(int argc, char **argv)
 	const char *mount;
 	int ret;
 
-	ret = ctl_parse_options("scan", argc, argv, "", opts, scan_option);
+	ret = live_start("scan", argc, argv, "", opts, scan_option, &mount);
 	if (ret >= 0)
-		return ret;
-	if (!ctl_want_args("scan", argc, argv, 1, 1))
-		return CTL_EXIT_USAGE;
-	mount = argv[optind];
-	ctl_catch_sigint();
-	ret = ctl_open_mount(mount, NULL);
-	if (ret)
 		return ret;
 	if (scan_wait) {
 		ret = ctl_fetch_kv(mount, CTL_XA_STATS, true, &start);
