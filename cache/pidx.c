@@ -195,6 +195,20 @@ static void untag_up(struct pidx_node **path, unsigned from, unsigned height,
 	}
 }
 
+/* Clear index's tag in its leaf (path[1] of its walk) and, where no tag
+ * is left below them, in the nodes above. */
+static void untag(struct pidx *p, struct pidx_node **path,
+		  struct pidx_node *leaf, uint64_t index)
+{
+	uint64_t bit = 1ULL << slot_of(index, 1);
+
+	if (!(leaf->tags & bit))
+		return;
+	leaf->tags &= ~bit;
+	p->nr_tagged--;
+	untag_up(path, 1, p->height, index);
+}
+
 uint32_t pidx_erase(struct pidx *p, uint64_t index)
 {
 	struct pidx_node *path[12];
@@ -206,11 +220,7 @@ uint32_t pidx_erase(struct pidx *p, uint64_t index)
 		return 0;
 	s = slot_of(index, 1);
 	old = leaf->fid[s];
-	if (leaf->tags & (1ULL << s)) {
-		leaf->tags &= ~(1ULL << s);
-		p->nr_tagged--;
-		untag_up(path, 1, p->height, index);
-	}
+	untag(p, path, leaf, index);
 	leaf->present &= ~(1ULL << s);
 	leaf->fid[s] = 0;
 	p->nr--;
@@ -254,16 +264,9 @@ void pidx_tag_clear(struct pidx *p, uint64_t index)
 {
 	struct pidx_node *path[12];
 	struct pidx_node *leaf = walk(p, index, path);
-	unsigned s;
 
-	if (!leaf)
-		return;
-	s = slot_of(index, 1);
-	if (!(leaf->tags & (1ULL << s)))
-		return;
-	leaf->tags &= ~(1ULL << s);
-	p->nr_tagged--;
-	untag_up(path, 1, p->height, index);
+	if (leaf)
+		untag(p, path, leaf, index);
 }
 
 bool pidx_tag_get(const struct pidx *p, uint64_t index)
