@@ -117,21 +117,33 @@ static bool stxn_usable(struct stxn *t)
 	return true;
 }
 
-bool stxn_get(struct stxn *t, enum store_db db, const void *key, size_t klen,
-	      void *val, size_t vlen)
+/* Did a read find something? MDB_NOTFOUND is a plain miss; any other
+ * error is kept in t->rc as well. */
+static bool stxn_found(struct stxn *t, int rc)
 {
-	MDB_val k = { klen, (void *)key }, v;
-	int rc;
+	if (rc && rc != MDB_NOTFOUND)
+		t->rc = rc;
+	return rc == 0;
+}
+
+/* The value of key in db; false if there is none or after an error. */
+static bool stxn_lookup(struct stxn *t, enum store_db db, const void *key,
+			size_t klen, MDB_val *v)
+{
+	MDB_val k = { klen, (void *)key };
 
 	if (!stxn_usable(t))
 		return false;
-	rc = mdb_get(t->txn, t->s->dbi[db], &k, &v);
-	if (rc == MDB_NOTFOUND)
+	return stxn_found(t, mdb_get(t->txn, t->s->dbi[db], &k, v));
+}
+
+bool stxn_get(struct stxn *t, enum store_db db, const void *key, size_t klen,
+	      void *val, size_t vlen)
+{
+	MDB_val v;
+
+	if (!stxn_lookup(t, db, key, klen, &v))
 		return false;
-	if (rc) {
-		t->rc = rc;
-		return false;
-	}
 	if (v.mv_size != vlen) {
 		t->rc = MDB_CORRUPTED;
 		return false;
@@ -143,18 +155,10 @@ bool stxn_get(struct stxn *t, enum store_db db, const void *key, size_t klen,
 bool stxn_getv(struct stxn *t, enum store_db db, const void *key,
 	       size_t klen, void *val, size_t max, size_t *vlen)
 {
-	MDB_val k = { klen, (void *)key }, v;
-	int rc;
+	MDB_val v;
 
-	if (!stxn_usable(t))
+	if (!stxn_lookup(t, db, key, klen, &v))
 		return false;
-	rc = mdb_get(t->txn, t->s->dbi[db], &k, &v);
-	if (rc == MDB_NOTFOUND)
-		return false;
-	if (rc) {
-		t->rc = rc;
-		return false;
-	}
 	if (v.mv_size > max) {
 		t->rc = MDB_CORRUPTED;
 		return false;
@@ -189,10 +193,11 @@ void stxn_del(struct stxn *t, enum store_db db, const void *key, size_t klen)
 		t->rc = rc;
 }
 
-bool stxn_seek(struct stxn *t, enum store_db db, MDB_cursor_op op,
-	       void *key, size_t klen, void *val, size_t vlen)
+/* Move db's cursor (opened on first use) by op; false at the end of the
+ * database or after an error. */
+static bool stxn_cursor_get(struct stxn *t, enum store_db db,
+			    MDB_cursor_op op, MDB_val *k, MDB_val *v)
 {
-	MDB_val k = { klen, key }, v;
 	int rc;
 
 	if (!stxn_usable(t))
@@ -205,13 +210,16 @@ bool stxn_seek(struct stxn *t, enum store_db db, MDB_cursor_op op,
 			return false;
 		}
 	}
-	rc = mdb_cursor_get(t->cur[db], &k, &v, op);
-	if (rc == MDB_NOTFOUND)
+	return stxn_found(t, mdb_cursor_get(t->cur[db], k, v, op));
+}
+
+bool stxn_seek(struct stxn *t, enum store_db db, MDB_cursor_op op,
+	       void *key, size_t klen, void *val, size_t vlen)
+{
+	MDB_val k = { klen, key }, v;
+
+	if (!stxn_cursor_get(t, db, op, &k, &v))
 		return false;
-	if (rc) {
-		t->rc = rc;
-		return false;
-	}
 	if (k.mv_size != klen || v.mv_size != vlen) {
 		t->rc = MDB_CORRUPTED;
 		return false;
@@ -225,25 +233,9 @@ bool stxn_seek_key(struct stxn *t, enum store_db db, MDB_cursor_op op,
 		   void *key, size_t klen)
 {
 	MDB_val k = { klen, key }, v;
-	int rc;
 
-	if (!stxn_usable(t))
+	if (!stxn_cursor_get(t, db, op, &k, &v))
 		return false;
-	if (!t->cur[db]) {
-		rc = mdb_cursor_open(t->txn, t->s->dbi[db], &t->cur[db]);
-		if (rc) {
-			t->cur[db] = NULL;
-			t->rc = rc;
-			return false;
-		}
-	}
-	rc = mdb_cursor_get(t->cur[db], &k, &v, op);
-	if (rc == MDB_NOTFOUND)
-		return false;
-	if (rc) {
-		t->rc = rc;
-		return false;
-	}
 	if (k.mv_size != klen) {
 		t->rc = MDB_CORRUPTED;
 		return false;
