@@ -386,6 +386,12 @@ int ctl_get(struct spfs *fs, struct inode *in, const char *name,
 	} else if (root && !strcmp(key, "knobs")) {
 		ctl_knobs(fs, &b);
 		*slack = 64;
+	} else if (root && !strcmp(key, "state_dir")) {
+		/* A path into the backing directory: for those who may tune
+		 * the mount, as the names of sharers are. */
+		if (caller != 0 && caller != fs->owner_uid)
+			return -EPERM;
+		ctl_printf(&b, "%s\n", fs->opts->state_dir);
 	} else if (root && !strcmp(key, "histogram")) {
 		ctl_histogram(fs, &b);
 		*slack = 256;

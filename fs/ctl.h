@@ -11,6 +11,9 @@
  *     get samepage.knobs      "name value\n" per run-time knob
  *     get samepage.histogram  "lo hi frames mappings\n" per non-empty
  *                             bucket of frames by number of mappers
+ *     get samepage.state_dir  the absolute path of the state directory
+ *                             (the store's; state_dir=), then "\n"; uid 0
+ *                             or the uid that mounted only (EPERM)
  *     set samepage.set        "key=value": cache_size, or a dedup knob
  *     set samepage.scan       "start" or "wait" (for the end of a full scan)
  *   on a regular file

@@ -38,6 +38,7 @@
 #define CTL_XA_SCAN      "samepage.scan"
 #define CTL_XA_HISTOGRAM "samepage.histogram"
 #define CTL_XA_FILE      "samepage.file"
+#define CTL_XA_STATE_DIR "samepage.state_dir"
 
 /* Long options without a short form. */
 enum {

@@ -88,11 +88,12 @@ static const struct help {
 	  "\n"
 	  "  --wait  show progress and return when the scan has finished\n"
 	  "          (full_scans has gone up)\n" },
-	{ "store", "store STATE_DIR",
+	{ "store", "store STATE_DIR | MOUNTPOINT",
 	  "Show statistics of the LMDB store in STATE_DIR (the state_dir mount\n"
-	  "option) without mounting: file and map size, the last transaction,\n"
-	  "readers, and entries and pages of every database in it. Opens the\n"
-	  "store read-only.\n" },
+	  "option), or of the store of the file system mounted at MOUNTPOINT\n"
+	  "(its daemon says where that is; root or the user who mounted): file\n"
+	  "and map size, the last transaction, readers, and entries and pages\n"
+	  "of every database in it. Opens the store read-only.\n" },
 	{ "help", "help [COMMAND]",
 	  "Show the overview, or the help of COMMAND (same as COMMAND --help).\n" },
 };

@@ -160,7 +160,8 @@ out_err:
 	return store_errno(rc);
 }
 
-int ctl_store_report(FILE *f, const char *prog, const char *dir)
+int ctl_store_report(FILE *f, const char *prog, const char *dir,
+		     const char *mount)
 {
 	char path[PATH_MAX], disk[32], used[32], map[32];
 	unsigned int maxreaders = 0;
@@ -227,6 +228,8 @@ int ctl_store_report(FILE *f, const char *prog, const char *dir)
 		      (double)(info.me_last_pgno + 1) * est.ms_psize);
 	ctl_fmt_bytes(map, sizeof(map), (double)info.me_mapsize);
 	fprintf(f, "store %s\n", dir);
+	if (mount)
+		fprintf(f, "  %-18s %s\n", "of the mount", mount);
 	fprintf(f, "  %-18s %s on disk, %s in use (%zu pages of %u B)\n",
 		"data.mdb", disk, used, info.me_last_pgno + 1, est.ms_psize);
 	fprintf(f, "  %-18s %s\n", "map size", map);

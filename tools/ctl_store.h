@@ -22,8 +22,10 @@
 
 #include <stdio.h>
 
-/* Print the store's statistics to f; errors go to stderr, prefixed with
- * prog. */
-int ctl_store_report(FILE *f, const char *prog, const char *state_dir);
+/* Print the statistics of the store in state_dir to f (mount, if not
+ * NULL, is the mount whose store it is); errors go to stderr, prefixed
+ * with prog. */
+int ctl_store_report(FILE *f, const char *prog, const char *state_dir,
+		     const char *mount);
 
 #endif

@@ -6,8 +6,9 @@
  * mount root (or of a file, for "file"), through ctl_call so that a daemon
  * that does not answer cannot hang us. ctl_format and ctl_report parse and
  * print the replies, ctl_live holds the commands that follow the daemon
- * over time (watch, scan), ctl_store the offline store report and ctl_cli
- * what every command shares.
+ * over time (watch, scan), ctl_store the store report (of a state
+ * directory, or of the one a mount's daemon names) and ctl_cli what every
+ * command shares.
  *
  * Exit status: 0 success, 1 error (named on stderr), 2 usage error.
  */
@@ -382,8 +383,47 @@ static int cmd_set(int argc, char **argv)
 
 /* ---- store ------------------------------------------------------------- */
 
+/*
+ * The state directory of the mount at path, asked of its daemon: 0 and
+ * *dir (to be freed), or 0 and *dir NULL when path is not the root of a
+ * samepage mount (then it is taken for a state directory itself), or an
+ * exit code after a message.
+ */
+static int mount_state_dir(const char *path, char **dir)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int ret;
+
+	*dir = NULL;
+	ret = ctl_getxattr(path, CTL_XA_STATE_DIR, ctl_timeout_ms(), &text,
+			   &len);
+	if (ret == -EPERM) {
+		fprintf(stderr, "%s: %s: permission denied: only root or the "
+			"user who mounted may read the store of a mount\n",
+			ctl_prog, path);
+		return CTL_EXIT_ERROR;
+	}
+	if (ret == -ETIMEDOUT || ret == -EINTR)
+		return ctl_call_failed(path, ret);
+	if (ret)
+		return CTL_EXIT_OK;     /* not a mount: a directory, or none */
+	if (len && text[len - 1] == '\n')
+		text[--len] = '\0';
+	if (!len || text[0] != '/' || strlen(text) != len) {
+		fprintf(stderr, "%s: %s: malformed reply from the daemon (%s)\n",
+			ctl_prog, path, CTL_XA_STATE_DIR);
+		free(text);
+		return CTL_EXIT_ERROR;
+	}
+	*dir = text;
+	return CTL_EXIT_OK;
+}
+
 static int cmd_store(int argc, char **argv)
 {
+	const char *arg;
+	char *dir;
 	int ret;
 
 	ret = ctl_parse_options("store", argc, argv, "", NULL, NULL);
@@ -391,7 +431,14 @@ static int cmd_store(int argc, char **argv)
 		return ret;
 	if (!ctl_want_args("store", argc, argv, 1, 1))
 		return CTL_EXIT_USAGE;
-	if (ctl_store_report(stdout, ctl_prog, argv[optind]))
+	arg = argv[optind];
+	ret = mount_state_dir(arg, &dir);
+	if (ret)
+		return ret;
+	ret = ctl_store_report(stdout, ctl_prog, dir ? dir : arg,
+			       dir ? arg : NULL);
+	free(dir);
+	if (ret)
 		return CTL_EXIT_ERROR;
 	return ctl_finish_output();
 }

@@ -541,6 +541,14 @@ class PermissionTest(CtlMountTestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn('permission denied', r.stderr)
 
+    def test_nobody_may_not_read_the_store_of_a_mount(self):
+        r = self.as_nobody('store', self.m.mnt)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f'{self.m.mnt}: permission denied: only root or the '
+                      'user who mounted may read the store of a mount',
+                      r.stderr)
+        self.assertEqual(r.stdout, '')
+
 
 class HungDaemonTest(CtlMountTestCase):
     """A stopped daemon costs a timeout and a message, never a hang."""
@@ -605,7 +613,30 @@ class HungDaemonTest(CtlMountTestCase):
 
 
 class StoreOfMountTest(CtlMountTestCase):
-    """store reads the state directory the daemon left behind."""
+    """store reads the state directory the daemon left behind, or the one
+    of a live mount, given its mount point."""
+
+    def test_store_of_a_live_mount_by_its_mount_point(self):
+        names = write_copies(self.m.backing, ncopies=2)
+        self.read_copies_and_hold(names)
+        deadline = time.monotonic() + 20
+        while (self.stats()['store_files'] < 2 and
+               time.monotonic() < deadline):
+            time.sleep(0.1)
+        state = os.path.join(os.path.realpath(self.m.backing), '.samepage')
+        r = ctl('store', self.m.mnt)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith(f'store {state}\n'), r.stdout)
+        self.assertRegex(r.stdout,
+                         rf'\n  of the mount +{re.escape(self.m.mnt)}\n')
+        files = re.search(r'^files +(\d+) ', r.stdout, re.M)
+        self.assertTrue(files, r.stdout)
+        self.assertEqual(int(files.group(1)), 2, r.stdout)
+        # The same store as named by its directory.
+        r = ctl('store', state)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r'(?m)^files +2 ')
+        self.assertNotIn('of the mount', r.stdout)
 
     def test_store_after_unmount(self):
         names = write_copies(self.m.backing, ncopies=2)
