@@ -117,6 +117,7 @@ struct store {
 					     * store opened read-only */
 	bool readonly;                      /* immutable: no writer thread */
 	char *dir;                          /* immutable */
+	char *name;                         /* immutable: dir, for messages */
 	int dir_fd;                         /* holds the flock; -1 if none */
 	uint64_t quota;                     /* immutable */
 	unsigned psize;                     /* immutable: LMDB page size */

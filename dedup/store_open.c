@@ -33,6 +33,22 @@ static const char *const store_db_names[SDB_COUNT] = {
 /* How long store_open waits for another opener to let go (50 ms steps). */
 #define STORE_LOCK_TRIES 40
 
+/* What messages call the store's directory: given as /proc/self/fd/N
+ * (opened before the mount over it, fs/main.c), the path it names. */
+static char *store_dir_name(const char *dir)
+{
+	char buf[PATH_MAX];
+	ssize_t n;
+
+	if (strncmp(dir, "/proc/self/fd/", 14))
+		return strdup(dir);
+	n = readlink(dir, buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return strdup(dir);
+	buf[n] = '\0';
+	return strdup(buf);
+}
+
 static int store_alloc(const char *dir, uint64_t quota, bool readonly,
 		       struct store **out)
 {
@@ -44,7 +60,10 @@ static int store_alloc(const char *dir, uint64_t quota, bool readonly,
 	if (!s)
 		return -ENOMEM;
 	s->dir = strdup(dir);
-	if (!s->dir) {
+	s->name = store_dir_name(dir);
+	if (!s->dir || !s->name) {
+		free(s->dir);
+		free(s->name);
 		free(s);
 		return -ENOMEM;
 	}
@@ -93,6 +112,7 @@ static void store_free(struct store *s)
 	free(s->q.ops);
 	free(s->masks);
 	free(s->dir);
+	free(s->name);
 	free(s);
 }
 
@@ -381,7 +401,7 @@ static int store_rebuild_old(struct store *s)
 		ret = store_open_env(s, true);
 	if (!ret)
 		fprintf(stderr, "samepagefs: store %s has format %u (%s): "
-			"rebuilt\n", s->dir, format, store_format_why(format));
+			"rebuilt\n", s->name, format, store_format_why(format));
 	return ret;
 }
 

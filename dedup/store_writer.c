@@ -179,7 +179,7 @@ void store_pause(struct store *s, int err, const char *what)
 	pthread_cond_broadcast(&s->q_done);
 	pthread_mutex_unlock(&s->q_lock);
 	fprintf(stderr, "samepagefs: state store: %s: %s: %s: persistence "
-		"paused\n", s->dir, what, strerror(-err));
+		"paused\n", s->name, what, strerror(-err));
 }
 
 static void batch_deadline(const struct store *s, struct timespec *ts)

@@ -45,6 +45,12 @@ struct spfs {
 	pthread_t     prune;         /* store pruning pass, if started */
 	bool          prune_started;
 
+	/* The state directory, opened before the mount: when it lies under
+	 * the mount point (a backing dir mounted over), its path would lead
+	 * through the mount that is not serving yet. */
+	int           state_fd;
+	char          state_path[32]; /* /proc/self/fd/N of state_fd */
+
 	bool          hide;          /* the state dir is inside backing */
 	dev_t         hide_dev;      /* its parent directory */
 	ino_t         hide_ino;

@@ -82,6 +82,7 @@ static int spfs_setup(struct spfs *fs, const struct opts *o)
 	int fd, ret;
 
 	memset(fs, 0, sizeof(*fs));
+	fs->state_fd = -1;
 	fs->opts = o;
 	fs->backing = o->backing;
 	fs->backing_len = strlen(o->backing);
@@ -110,6 +111,10 @@ static int spfs_setup(struct spfs *fs, const struct opts *o)
 	if (!o->readonly && mkdir(o->state_dir, 0700) && errno != EEXIST)
 		log_warn("state directory '%s': %s", o->state_dir,
 			 strerror(errno));
+	fs->state_fd = open(o->state_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fs->state_fd >= 0)
+		snprintf(fs->state_path, sizeof(fs->state_path),
+			 "/proc/self/fd/%d", fs->state_fd);
 	if (o->state_parent && stat(o->state_parent, &st) == 0) {
 		fs->hide = true;
 		fs->hide_dev = st.st_dev;
@@ -146,7 +151,8 @@ static int spfs_start(struct spfs *fs, const struct opts *o)
 	dedup_config_defaults(&dc);
 	dc.run = o->scan;
 	dc.scope = (enum dedup_scope)o->dedup_scope;
-	dc.state_dir = o->state_dir;
+	/* By the descriptor opened before the mount (see struct spfs). */
+	dc.state_dir = fs->state_fd >= 0 ? fs->state_path : o->state_dir;
 	dc.store_quota = o->store_quota;
 	dc.rebuild_state = o->rebuild_state;
 	ret = dedup_create(fs->cache, &dc, &fs->dedup);
@@ -208,6 +214,9 @@ static int spfs_stop(struct spfs *fs)
 			status = 1;
 		}
 	}
+	if (fs->state_fd >= 0)
+		close(fs->state_fd);
+	fs->state_fd = -1;
 	return status;
 }
 

@@ -408,5 +408,31 @@ class KillDuringIO(PersistCase):
                              sp.sha1_path(self.m.bpath(name)), name)
 
 
+class MountedOverBacking(unittest.TestCase):
+    """A backing directory mounted over itself: the store, inside it,
+    is opened by a descriptor taken before the mount, not by a path that
+    would lead through the mount before it serves (a hang at start)."""
+
+    def setUp(self):
+        sp.require_env()
+
+    def test_store_works_when_mounted_over_the_backing_dir(self):
+        m = sp.Mount(opts=('cache_size=64M',))
+        self.addCleanup(m.cleanup)
+        m.mnt = m.backing
+        data = os.urandom(64 * 1024)
+        sp.write_file(os.path.join(m.backing, 'f'), data)
+        m.start()
+        try:
+            self.assertEqual(sp.read_file(m.path('f')), data)
+            self.assertEqual(os.listdir(m.mnt), ['f'])  # store hidden
+            sp.write_file(m.path('g'), data)
+        finally:
+            self.assertEqual(m.stop(), 0, m.log())
+        self.assertTrue(os.path.exists(os.path.join(
+            m.backing, '.samepage', 'data.mdb')))
+        self.assertEqual(sp.read_file(os.path.join(m.backing, 'g')), data)
+
+
 if __name__ == '__main__':
     sp.main()
