@@ -435,8 +435,7 @@ static uint64_t anon_bytes(void)
  * its anonymous memory less the memory of its frames, in use or free.
  * Without smaps_rollup, what malloc holds and the frame table.
  */
-static uint64_t meta_bytes(struct cache *c, uint64_t frame_bytes,
-			   uint32_t high)
+static uint64_t meta_bytes(uint64_t frame_bytes, uint32_t high)
 {
 	uint64_t anon = anon_bytes();
 	struct mallinfo2 mi;
@@ -444,13 +443,7 @@ static uint64_t meta_bytes(struct cache *c, uint64_t frame_bytes,
 	if (anon)
 		return anon > frame_bytes ? anon - frame_bytes : 0;
 	mi = mallinfo2();
-	return mi.arena + mi.hblkhd + (uint64_t)high * sizeof(struct frame) +
-	       (uint64_t)atomic_load(&c->meta_mapped);
-}
-
-void cache_meta_add(struct cache *c, int64_t bytes)
-{
-	atomic_fetch_add(&c->meta_mapped, bytes);
+	return mi.arena + mi.hblkhd + (uint64_t)high * sizeof(struct frame);
 }
 
 void cache_get_stats(struct cache *c, struct cache_stats *st)
@@ -473,8 +466,8 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	pthread_mutex_unlock(&c->map_lock);
 	st->pages_unshared = cs.unshared;
 	st->pages_volatile = cs.volatile_;
-	st->metadata_bytes = meta_bytes(c, st->cache_bytes +
-					   st->free_frame_bytes, high);
+	st->metadata_bytes = meta_bytes(st->cache_bytes +
+					st->free_frame_bytes, high);
 	st->frames_dirty = atomic_load(&c->nr_dirty);
 
 	st->hits = atomic_load(&a->hits);

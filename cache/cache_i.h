@@ -93,10 +93,12 @@ struct cfile {
 	void *extents;                      /* reflink extent map */
 	void *persist;                      /* stored fingerprints window */
 	/* readahead (readahead.c): where a sequential reader is expected
-	 * next, how far ahead is asked for, the window; ra_lock */
+	 * next (atomic), the window (0: no stream; stored under ra_lock,
+	 * read without it), how far ahead is asked for (ra_lock) */
 	pthread_mutex_t ra_lock;
-	uint64_t ra_next, ra_end;
-	uint32_t ra_win;
+	_Atomic uint64_t ra_next;
+	_Atomic uint32_t ra_win;
+	uint64_t ra_end;
 };
 
 struct cache {
@@ -109,7 +111,7 @@ struct cache {
 	_Atomic int wb_last_err;            /* last writeback result, 0 ok */
 	struct cache_share_ops share;       /* set once before use */
 	struct cstat_atomic st;
-	_Atomic uint64_t nr_dirty, nr_volatile;
+	_Atomic uint64_t nr_dirty;
 	/* writeback */
 	pthread_mutex_t wb_lock;
 	pthread_cond_t wb_cond;
@@ -131,7 +133,6 @@ struct cache {
 	_Atomic bool closing;               /* cache_destroy: keep nothing */
 	struct pressure *pressure;          /* pressure.c; NULL if none */
 	struct readahead *ra;               /* readahead.c */
-	_Atomic int64_t meta_mapped;        /* metadata others map themselves */
 };
 
 static inline void *cache_frame_data(struct cache *c, uint32_t fid)
@@ -158,9 +159,6 @@ uint32_t cache_frame_alloc(struct cache *c, bool wait);
  * that keeps dirty frames from being freed, else -ENOMEM. */
 int cache_alloc_errno(struct cache *c);
 void cache_frame_release(struct cache *c, uint32_t fid);
-/* Memory a module maps itself for metadata (not through malloc): counted
- * in metadata_bytes where smaps_rollup cannot be read. */
-void cache_meta_add(struct cache *c, int64_t bytes);
 /* Evict up to n clean frames; map_lock held. Returns how many. */
 unsigned cache_evict_locked(struct cache *c, unsigned n);
 

@@ -67,38 +67,42 @@ static bool ra_push(struct readahead *ra, struct cfile *f, uint64_t first,
 void cache_readahead(struct cfile *f, uint64_t first, uint64_t last)
 {
 	struct cache *c = f->cache;
-	uint64_t size_pages, from = 0;
-	uint32_t win = 0, cap;
+	uint64_t expect, size_pages, from = 0;
+	uint32_t win, cap;
 
 	if (!c->ra)
 		return;
+	expect = atomic_exchange(&f->ra_next, last + 1);
+	/* A read that follows no stream and ends none costs no lock: the
+	 * random reader's path stays lean. */
+	if (first != expect && !atomic_load(&f->ra_win))
+		return;
 	pthread_mutex_lock(&f->ra_lock);
-	if (first != f->ra_next) {
-		/* Not where the last read ended: a new stream, if any,
-		 * starts from here. */
-		f->ra_win = 0;
-		f->ra_end = last + 1;
-	} else {
-		cap = __atomic_load_n(&c->ft.limit, __ATOMIC_RELAXED) / 16;
-		win = f->ra_win ? f->ra_win : RA_MIN;
-		if (win > cap)
-			win = cap;
-		if (f->ra_end < last + 1)
-			f->ra_end = last + 1;
-		size_pages = (cfile_size(f) + CACHE_PAGE_SIZE - 1) >>
-			     CACHE_PAGE_SHIFT;
-		if (win && f->ra_end - (last + 1) < win / 2 + 1 &&
-		    f->ra_end < size_pages) {
-			from = f->ra_end;
-			if (from + win > size_pages)
-				win = (uint32_t)(size_pages - from);
-			f->ra_end = from + win;
-			f->ra_win = win * 2 > RA_MAX ? RA_MAX : win * 2;
-		} else {
-			win = 0;
-		}
+	win = atomic_load(&f->ra_win);
+	if (first != expect) {
+		/* Not where the last read ended: the stream is over. */
+		atomic_store(&f->ra_win, 0);
+		pthread_mutex_unlock(&f->ra_lock);
+		return;
 	}
-	f->ra_next = last + 1;
+	if (!win || f->ra_end < last + 1)
+		f->ra_end = last + 1; /* a stream starts (again) here */
+	cap = __atomic_load_n(&c->ft.limit, __ATOMIC_RELAXED) / 16;
+	if (!win)
+		win = RA_MIN;
+	if (win > cap)
+		win = cap;
+	size_pages = (cfile_size(f) + CACHE_PAGE_SIZE - 1) >> CACHE_PAGE_SHIFT;
+	if (win && f->ra_end - (last + 1) < win / 2 + 1 &&
+	    f->ra_end < size_pages) {
+		from = f->ra_end;
+		if (from + win > size_pages)
+			win = (uint32_t)(size_pages - from);
+		f->ra_end = from + win;
+		atomic_store(&f->ra_win, win * 2 > RA_MAX ? RA_MAX : win * 2);
+	} else {
+		win = 0;
+	}
 	pthread_mutex_unlock(&f->ra_lock);
 	if (win && !ra_push(c->ra, f, from, win)) {
 		pthread_mutex_lock(&f->ra_lock);

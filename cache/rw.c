@@ -222,7 +222,8 @@ static void unpin_all(struct cache *c, uint32_t *fids, unsigned n)
 			cache_frame_unpin(c, fids[i]);
 }
 
-/* Pin pages first..first+n-1 into fids (misses filled). */
+/* Pin pages first..first+n-1 into fids (misses filled). Returns how many
+ * were misses, or -errno. */
 static int pin_pages(struct cfile *f, uint64_t first, unsigned n,
 		     uint32_t *fids, bool may_block)
 {
@@ -293,8 +294,9 @@ again:
 			retried = true;
 			goto again;
 		}
+		return ret;
 	}
-	return ret;
+	return (int)nmiss;
 }
 
 /* Copy bytes [off, off+len) of pinned pages (starting at page first). */
@@ -335,7 +337,7 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 	struct cache *c = f->cache;
 	uint64_t size, first, last, p;
 	unsigned npages;
-	bool bounced = false;
+	bool bounced = false, filled = false;
 	size_t copied = 0;
 	int ret = 0;
 
@@ -377,8 +379,9 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 			bounced = true;
 			continue;
 		}
-		if (ret)
+		if (ret < 0)
 			goto out_release;
+		filled |= ret > 0;
 		if (bounced) {
 			uint64_t from = p << CACHE_PAGE_SHIFT;
 			uint64_t to = (p + n) << CACHE_PAGE_SHIFT;
@@ -397,8 +400,9 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 	}
 
 	cache_readahead(f, first, last);
-	/* A fill may have found the file shorter than we knew it. */
-	size = cfile_size(f);
+	/* A fill may have found the file shorter than we knew it (a read
+	 * that hit every page has nothing to learn). */
+	size = filled ? cfile_size(f) : off + len;
 	if (off >= size) {
 		cache_read_release(f, rc);
 		return 0;
@@ -517,9 +521,10 @@ static int prefill_partial(struct cfile *f, uint64_t index)
 	int ret;
 
 	ret = pin_pages(f, index, 1, &fid, true);
-	if (!ret)
-		cache_frame_unpin(f->cache, fid);
-	return ret;
+	if (ret < 0)
+		return ret;
+	cache_frame_unpin(f->cache, fid);
+	return 0;
 }
 
 /* Does writing page fid in place need a fresh frame (miss or shared)? */
