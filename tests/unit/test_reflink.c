@@ -367,11 +367,16 @@ int main(void)
 		close(fd);
 		g = open_file(c, "prealloc");
 		dedup_get_stats(d, &ds);
+		cache_get_stats(c, &cs);
 		uint64_t before = ds.zero_pages;
+		uint64_t reads = cs.backing_read_bytes;
 		memset(model, 0, 64 * PG);
 		CHECK(tc_matches(g, 0, 64 * PG, 0, model));
 		dedup_get_stats(d, &ds);
+		cache_get_stats(c, &cs);
 		CHECK_EQ(ds.zero_pages, before + 64);
+		/* mapped from the extent map, not read */
+		CHECK_EQ(cs.backing_read_bytes, reads);
 		cfile_put(g);
 		printf("ok unwritten_extent_reads_zero\n");
 	}
