@@ -109,6 +109,8 @@
 
 #define STORE_FORMAT 3u
 #define STORE_BATCH 4096u
+/* Longest an update waits before the writer commits it. */
+#define STORE_BATCH_MS 100
 /* quota_bytes 0 means this; less than 4 MiB is raised to 4 MiB. */
 #define STORE_DEFAULT_QUOTA (1ull << 30)
 /* Pages per group of a run (one digest over their digests), and entries

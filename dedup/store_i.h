@@ -51,8 +51,6 @@
 /* Updates waiting for the writer; puts beyond this get -ENOMEM. Updates
  * that invalidate fingerprints may use twice as much (see store_enqueue). */
 #define STORE_QUEUE_MAX (1u << 20)
-/* Longest an update waits before the writer commits it. */
-#define STORE_BATCH_MS 100
 /* Map size to start with; doubled on MDB_MAP_FULL up to the quota. */
 #define STORE_MAP_INITIAL (8ull << 20)
 /* Smallest quota accepted: one full batch of new records must fit. */

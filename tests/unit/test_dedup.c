@@ -741,8 +741,10 @@ static void test_store_8_copies_at_most_4_bytes_per_mapped_page(void)
 	CHECK(st.recipes <= 8 * 8);
 	CHECK(per_page <= 4.0);
 	/* data.mdb also holds the pages copy-on-write freed in the last
-	 * commits, which LMDB reuses: a few dozen, whatever the size. */
-	CHECK(file_bytes <= st.bytes + (64u << 10));
+	 * two commits, which LMDB reuses after them: a few dozen, whatever
+	 * the size, more when a slow run commits on the timer in small
+	 * batches (one more page was seen under TSan on a loaded machine). */
+	CHECK(file_bytes <= st.bytes + (128u << 10));
 }
 
 /*
