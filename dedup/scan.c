@@ -23,12 +23,15 @@
  * (persist_dtab.c: shared stable frames to be recorded), before each
  * batch.
  *
- * Locking: map_lock for a batch step; a file's pidx_lock is only *tried*
- * under it (the normal order is pidx_lock before map_lock).
+ * Locking: map_lock for a batch step, dropped every SCAN_HOLD_FRAMES
+ * frames and while a page is hashed; a file's pidx_lock is only *tried*
+ * under it (the normal order is pidx_lock before map_lock), and is held
+ * across the hash.
  */
 #include "dedup_i.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 
@@ -92,7 +95,13 @@ static bool merge_unstable(struct dedup *d, struct cfile *f, uint64_t index,
 	return false;
 }
 
-/* Visit one frame; map_lock held. */
+/*
+ * Visit one frame; map_lock held on entry and on return, but dropped while
+ * the page is hashed: the owner's index, held for writing, keeps the frame
+ * mapped, unpinned and unwritten meanwhile (eviction, clone, writes and
+ * reads all need it), so only what others may do without it (share the
+ * frame by its extent) is checked again after.
+ */
 static void scan_one(struct dedup *d, uint32_t fid)
 {
 	struct cache *c = d->c;
@@ -125,8 +134,13 @@ static void scan_one(struct dedup *d, uint32_t fid)
 	/* Outside the stable tree it may have been written in place: a
 	 * digest it carries from its fill is not to be promoted with it. */
 	persist_unstable(d, fid);
+	pthread_mutex_unlock(&c->map_lock);
 	fp_page(cache_frame_data(c, fid), &h);
 	atomic_fetch_add(&d->hashes_computed, 1);
+	pthread_mutex_lock(&c->map_lock);
+	fl = frame_flags(fr);
+	if (fl & (F_DIRTY | F_IO | F_WB | F_STABLE) || fr->nmappers != 1)
+		goto out_unlock;
 	if (!(fl & F_HASHED) || fr->fp[0] != h.lo || fr->fp[1] != h.hi) {
 		/* Changed since the last visit (or first visit): volatile. */
 		if (fl & F_UNSTABLE) {
@@ -155,6 +169,10 @@ out_unlock:
 	pthread_rwlock_unlock(&f->pidx_lock);
 }
 
+/* Frames visited per hold of map_lock: a batch of any size leaves the
+ * lock to request threads this often. */
+#define SCAN_HOLD_FRAMES 256
+
 /* One batch; returns true when it completed a full scan. */
 static bool scan_batch(struct dedup *d, unsigned pages)
 {
@@ -168,6 +186,11 @@ static bool scan_batch(struct dedup *d, unsigned pages)
 			atomic_fetch_add(&d->full_scans, 1);
 			wrapped = true;
 			break;
+		}
+		if (i && i % SCAN_HOLD_FRAMES == 0) {
+			pthread_mutex_unlock(&c->map_lock);
+			sched_yield();
+			pthread_mutex_lock(&c->map_lock);
 		}
 		scan_one(d, d->cursor++);
 	}
