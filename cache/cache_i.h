@@ -77,7 +77,8 @@ struct cfile {
 	struct pidx pidx;                   /* pidx_lock */
 	uint64_t size;                      /* pidx_lock */
 	uint64_t backing_size;              /* pidx_lock; size on disk */
-	struct cfile_ident ident;           /* inval_lock */
+	/* written under pidx_lock (write), read under pidx_lock */
+	struct cfile_ident ident;
 	_Atomic int64_t mtime_ns;           /* last write through the mount */
 	_Atomic int wb_err;                 /* pending writeback error */
 	_Atomic bool orphan;

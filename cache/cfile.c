@@ -523,24 +523,27 @@ void cache_reap_kept(struct cache *c, bool all)
 int cfile_revalidate(struct cfile *f)
 {
 	struct cfile_ident now;
+	bool same, dirty;
 	int ret;
 
 	pthread_rwlock_wrlock(&f->inval_lock);
 	ret = cfile_stat_ident(f, &now);
 	if (ret)
 		goto out;
-	if (cfile_ident_equal(&now, &f->ident))
-		goto out;
-	if (cfile_has_dirty(f)) {
-		/* Our unwritten data wins; it is written over the change. */
-		f->ident = now;
-		goto out;
-	}
-	cfile_drop_pages_locked(f, 0, UINT64_MAX, true);
-	pthread_rwlock_wrlock(&f->pidx_lock);
-	f->size = f->backing_size = now.size;
+	pthread_rwlock_rdlock(&f->pidx_lock);
+	same = cfile_ident_equal(&now, &f->ident);
 	pthread_rwlock_unlock(&f->pidx_lock);
+	if (same)
+		goto out;
+	/* Our unwritten data wins; it is written over the change. */
+	dirty = cfile_has_dirty(f);
+	if (!dirty)
+		cfile_drop_pages_locked(f, 0, UINT64_MAX, true);
+	pthread_rwlock_wrlock(&f->pidx_lock);
+	if (!dirty)
+		f->size = f->backing_size = now.size;
 	f->ident = now;
+	pthread_rwlock_unlock(&f->pidx_lock);
 out:
 	pthread_rwlock_unlock(&f->inval_lock);
 	return ret;
