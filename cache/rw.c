@@ -483,27 +483,42 @@ static uint32_t make_private(struct cfile *f, uint64_t index, uint32_t fid,
 	struct cache *c = f->cache;
 	struct frame *fr = cache_frame(c, fid);
 	uint32_t fl = frame_flags(fr);
+	/* Pins of a frame only we map are taken under our index lock,
+	 * held here: pinned now (a reply, a writeback in flight) is pinned
+	 * until copied, and unpinned stays so. */
+	bool pinned = atomic_load(&fr->pins) != 0;
+	bool shared;
 	uint32_t nf = fid;
 
 	if (!(fl & (F_STABLE | F_UNSTABLE | F_PHYS | F_ZERO)) &&
-	    !(fl & F_ORPHAN) &&
+	    !(fl & F_ORPHAN) && !pinned &&
 	    __atomic_load_n(&fr->nmappers, __ATOMIC_RELAXED) == 1)
 		return fid; /* only STABLE/UNSTABLE/PHYS frames gain mappers
 			     * without their owner's index lock, held here */
 	pthread_mutex_lock(&c->map_lock);
-	if ((fid == FID_ZERO || fr->nmappers > 1) && !*spare) {
+	shared = fid == FID_ZERO || fr->nmappers > 1;
+	if ((shared || pinned) && !*spare) {
 		nf = 0;
-	} else if (fid == FID_ZERO || fr->nmappers > 1) {
+	} else if (shared || pinned) {
+		/* A page being read out (or written back) keeps the bytes
+		 * it had: the write goes to a copy, as XFS orders a read
+		 * and a write of one page. */
 		nf = *spare;
 		*spare = 0;
 		if (!whole_page)
 			memcpy(cache_frame_data(c, nf), cache_frame_data(c, fid),
 			       PG);
 		atomic_store(&cache_frame(c, nf)->flags, F_UPTODATE);
+		if (frame_flags(fr) & F_DIRTY) {
+			/* the copy carries it: write_page dirties nf */
+			frame_clear(fr, F_DIRTY);
+			atomic_fetch_sub(&c->nr_dirty, 1);
+		}
 		pidx_store(&f->pidx, index, nf); /* slot exists: no alloc */
 		frame_add_mapper(&c->ft, nf, f, index); /* inline: no alloc */
 		cache_unmap_page_locked(c, f, index, fid);
-		atomic_fetch_add(&c->st.cow_breaks, 1);
+		if (shared)
+			atomic_fetch_add(&c->st.cow_breaks, 1);
 	} else if (c->share.forget &&
 		   (frame_flags(fr) & (F_STABLE | F_UNSTABLE | F_PHYS))) {
 		c->share.forget(c->share.ctx, fid);
@@ -536,9 +551,11 @@ static bool needs_frame(struct cache *c, uint32_t fid)
 		return true;
 	fr = cache_frame(c, fid);
 	/* Mappers join a STABLE frame by content and a PHYS one by its
-	 * block, both without our index lock: a copy may be needed. */
+	 * block, both without our index lock: a copy may be needed. A
+	 * pinned frame is copied too (make_private). */
 	return (frame_flags(fr) & (F_STABLE | F_PHYS)) ||
-	       __atomic_load_n(&fr->nmappers, __ATOMIC_RELAXED) != 1;
+	       __atomic_load_n(&fr->nmappers, __ATOMIC_RELAXED) != 1 ||
+	       atomic_load(&fr->pins) != 0;
 }
 
 /* Frames for the pages of a chunk that need one; all or none. */
