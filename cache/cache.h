@@ -79,8 +79,8 @@ struct cache_stats {
 	uint64_t cache_limit_bytes;    /* (g) budget */
 	uint64_t metadata_bytes;       /* (g) all the daemon's anonymous
 					* memory beyond its frames, measured
-					* (Pss_Anon less cache_bytes and
-					* free_frame_bytes) */
+					* (RssAnon, here Pss_Anon, less
+					* cache_bytes and free_frame_bytes) */
 	uint64_t free_frame_bytes;     /* (g) free frames whose memory the
 					* kernel was not given back */
 	uint64_t frames_dirty;         /* (g) */

@@ -119,7 +119,10 @@ void frame_free_locked(struct frame_table *t, uint32_t fid)
 		abort(); /* double free or the zero frame: a bug, never data */
 	if (fr->nmappers > 1)
 		free(fr->m.rmap);
-	atomic_store(&fr->flags, F_FREE);
+	if (frame_unshared(fr))
+		t->nr_unshared--; /* freed with its mapper (teardown) */
+	if (atomic_exchange(&fr->flags, F_FREE) & F_VOLATILE)
+		atomic_fetch_sub(&t->nr_volatile, 1);
 	t->free_touched++;
 	atomic_store(&fr->pins, 0);
 	__atomic_store_n(&fr->nmappers, 0, __ATOMIC_RELAXED);
@@ -194,6 +197,7 @@ int frame_add_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 {
 	struct frame *fr = &t->frames[fid];
 	struct rmap *r;
+	bool was;
 
 	if (index > MAP_INDEX_MAX)
 		return -EFBIG;
@@ -236,8 +240,10 @@ int frame_add_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 		t->nr_sharing++;
 		break;
 	}
+	was = frame_unshared(fr);
 	/* read without map_lock as a hint (rw.c needs_frame) */
 	__atomic_store_n(&fr->nmappers, fr->nmappers + 1, __ATOMIC_RELAXED);
+	frame_recount_unshared(t, fr, was);
 	return 0;
 }
 
@@ -247,6 +253,7 @@ bool frame_del_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 	struct frame *fr = &t->frames[fid];
 	struct mapping m = mapping_of(f, index);
 	struct rmap *r;
+	bool was;
 
 	if (fid == FID_ZERO) {
 		t->nr_zero_maps--;
@@ -257,7 +264,9 @@ bool frame_del_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 	if (fr->nmappers == 1) {
 		if (fr->m.owner.v != m.v)
 			abort();
+		was = frame_unshared(fr);
 		__atomic_store_n(&fr->nmappers, 0, __ATOMIC_RELAXED);
+		frame_recount_unshared(t, fr, was);
 		fr->m.owner.v = 0;
 		frame_set(fr, F_ORPHAN);
 		return true;
@@ -270,6 +279,7 @@ bool frame_del_mapper(struct frame_table *t, uint32_t fid, struct cfile *f,
 		}
 	}
 	__atomic_store_n(&fr->nmappers, fr->nmappers - 1, __ATOMIC_RELAXED);
+	frame_recount_unshared(t, fr, false);
 	t->nr_sharing--;
 	if (fr->nmappers == 1) {
 		struct mapping last = r->m[0];

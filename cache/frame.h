@@ -169,6 +169,11 @@ struct frame_table {
 	uint32_t files_free;        /* first free number below it, or 0 */
 	/* gauges under map_lock */
 	uint64_t nr_shared, nr_sharing, nr_zero_maps, rmap_bytes;
+	/* frames in a dedup tree (STABLE or UNSTABLE) with one mapper, kept
+	 * by frame_tree_flags and the mapper changes (map_lock) */
+	uint64_t nr_unshared;
+	/* frames with VOLATILE set (frame_set_volatile) */
+	_Atomic uint64_t nr_volatile;
 };
 
 static inline void *frame_data_of(const struct frame_table *t, uint32_t fid)
@@ -210,6 +215,56 @@ static inline void frame_set(struct frame *fr, uint32_t bits)
 static inline void frame_clear(struct frame *fr, uint32_t bits)
 {
 	atomic_fetch_and(&fr->flags, ~bits);
+}
+
+/* Counted in nr_unshared: in a dedup tree, one mapper. */
+static inline bool frame_unshared(const struct frame *fr)
+{
+	return fr->nmappers == 1 &&
+	       (atomic_load(&fr->flags) & (F_STABLE | F_UNSTABLE));
+}
+
+/* fr's tree flags or mappers changed; was: frame_unshared() before.
+ * map_lock held. */
+static inline void frame_recount_unshared(struct frame_table *t,
+					  const struct frame *fr, bool was)
+{
+	if (frame_unshared(fr) == was)
+		return;
+	if (was)
+		t->nr_unshared--;
+	else
+		t->nr_unshared++;
+}
+
+/* Clear, then set, the tree flags (F_STABLE, F_UNSTABLE, and others with
+ * them) of a frame, keeping nr_unshared; map_lock held. Every change of
+ * F_STABLE or F_UNSTABLE goes through here. */
+static inline void frame_tree_flags(struct frame_table *t, struct frame *fr,
+				    uint32_t clear, uint32_t set)
+{
+	bool was = frame_unshared(fr);
+
+	if (clear)
+		frame_clear(fr, clear);
+	if (set)
+		frame_set(fr, set);
+	frame_recount_unshared(t, fr, was);
+}
+
+/* F_VOLATILE, counted in nr_volatile; the owner's pidx_lock (write) or
+ * map_lock held. */
+static inline void frame_set_volatile(struct frame_table *t, struct frame *fr)
+{
+	if (!(atomic_fetch_or(&fr->flags, F_VOLATILE) & F_VOLATILE))
+		atomic_fetch_add(&t->nr_volatile, 1);
+}
+
+static inline void frame_clear_volatile(struct frame_table *t,
+					struct frame *fr)
+{
+	if (atomic_fetch_and(&fr->flags, ~(uint32_t)F_VOLATILE) & F_VOLATILE)
+		atomic_fetch_sub(&t->nr_volatile, 1);
 }
 
 static inline void frame_pin(struct frame *fr)

@@ -522,8 +522,9 @@ static uint32_t make_private(struct cfile *f, uint64_t index, uint32_t fid,
 	} else if (c->share.forget &&
 		   (frame_flags(fr) & (F_STABLE | F_UNSTABLE | F_PHYS))) {
 		c->share.forget(c->share.ctx, fid);
-		frame_clear(fr, F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED |
-				    F_PERSISTED | F_DIGEST);
+		frame_tree_flags(&c->ft, fr, F_STABLE | F_UNSTABLE | F_PHYS |
+					     F_HASHED | F_PERSISTED | F_DIGEST,
+				 0);
 	}
 	pthread_mutex_unlock(&c->map_lock);
 	return nf;
@@ -634,11 +635,12 @@ static int write_page(struct cfile *f, uint64_t index, const char *src,
 	fr = cache_frame(c, fid);
 	memcpy((char *)cache_frame_data(c, fid) + in, src, end - in);
 	if (!(frame_flags(fr) & F_DIRTY)) {
-		frame_set(fr, F_DIRTY | F_VOLATILE | F_REF);
+		frame_set(fr, F_DIRTY | F_REF);
+		frame_set_volatile(&c->ft, fr);
 		pidx_tag_set(&f->pidx, index);
 		atomic_fetch_add(&c->nr_dirty, 1);
-	} else if (!(frame_flags(fr) & F_VOLATILE)) {
-		frame_set(fr, F_VOLATILE);
+	} else {
+		frame_set_volatile(&c->ft, fr);
 	}
 	return 0;
 }

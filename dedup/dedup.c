@@ -115,13 +115,14 @@ void dedup_make_stable(struct dedup *d, uint32_t fid, uint16_t scope,
 
 	if (frame_flags(fr) & F_UNSTABLE) {
 		stree_remove(&d->unstable, fid);
-		frame_clear(fr, F_UNSTABLE);
+		frame_tree_flags(&d->c->ft, fr, F_UNSTABLE, 0);
 	}
 	if (stree_insert(&d->stable, fid))
 		return; /* no memory: it simply stays unmerged */
 	fr->scope = scope;
-	frame_clear(fr, F_VOLATILE);
-	frame_set(fr, chain ? F_STABLE | F_CHAIN : F_STABLE);
+	frame_clear_volatile(&d->c->ft, fr);
+	frame_tree_flags(&d->c->ft, fr, 0,
+			 chain ? F_STABLE | F_CHAIN : F_STABLE);
 	if (chain)
 		atomic_fetch_add(&d->stable_chains, 1);
 	persist_stable(d, fid);
@@ -308,9 +309,10 @@ void dedup_destroy(struct dedup *d)
 	/* Frames stay resident; they simply leave the trees (and their
 	 * digests go with persist_close). */
 	for (uint32_t fid = FID_FIRST; fid < d->c->ft.high; fid++)
-		frame_clear(cache_frame(d->c, fid),
-			    F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED |
-			    F_PERSISTED | F_DIGEST | F_CHAIN);
+		frame_tree_flags(&d->c->ft, cache_frame(d->c, fid),
+				 F_STABLE | F_UNSTABLE | F_PHYS | F_HASHED |
+					 F_PERSISTED | F_DIGEST | F_CHAIN,
+				 0);
 	stree_fini(&d->stable);
 	stree_fini(&d->unstable);
 	stree_fini(&d->phys);

@@ -145,7 +145,7 @@ static void scan_one(struct dedup *d, uint32_t fid)
 		/* Changed since the last visit (or first visit): volatile. */
 		if (fl & F_UNSTABLE) {
 			stree_remove(&d->unstable, fid);
-			frame_clear(fr, F_UNSTABLE);
+			frame_tree_flags(&c->ft, fr, F_UNSTABLE, 0);
 		}
 		fr->fp[0] = h.lo;
 		fr->fp[1] = h.hi;
@@ -155,7 +155,7 @@ static void scan_one(struct dedup *d, uint32_t fid)
 	}
 	if (d->scope == DEDUP_SCOPE_NONE)
 		goto out_unlock;
-	frame_clear(fr, F_VOLATILE); /* unchanged for a pass: a candidate */
+	frame_clear_volatile(&c->ft, fr); /* unchanged for a pass: a candidate */
 	if (dedup_merge_stable(d, f, index, fid, &full))
 		goto out_unlock;
 	/* With an identical stable frame full, the pair made stable is one
@@ -163,7 +163,7 @@ static void scan_one(struct dedup *d, uint32_t fid)
 	if (merge_unstable(d, f, index, fid, full))
 		goto out_unlock;
 	if (!(fl & F_UNSTABLE) && !stree_insert(&d->unstable, fid))
-		frame_set(fr, F_UNSTABLE);
+		frame_tree_flags(&c->ft, fr, 0, F_UNSTABLE);
 	note_failure(d, fr);
 out_unlock:
 	pthread_rwlock_unlock(&f->pidx_lock);

@@ -34,9 +34,33 @@ static struct env new_env(uint64_t bytes, void (*tune)(struct dedup_config *))
 	return e;
 }
 
+/* The gauges kept as frames change (pages_unshared, pages_volatile) agree
+ * with a walk over the frames; no writer runs when this is called. */
+static void check_gauges(struct cache *c)
+{
+	uint64_t unshared = 0, vol = 0;
+
+	pthread_mutex_lock(&c->map_lock);
+	for (uint32_t fid = FID_FIRST; fid < c->ft.high; fid++) {
+		struct frame *fr = cache_frame(c, fid);
+		uint32_t fl = frame_flags(fr);
+
+		if (fl & F_FREE)
+			continue;
+		vol += !!(fl & F_VOLATILE);
+		unshared += fr->nmappers == 1 && (fl & (F_STABLE | F_UNSTABLE));
+	}
+	CHECK_EQ(c->ft.nr_unshared, unshared);
+	CHECK_EQ(atomic_load(&c->ft.nr_volatile), vol);
+	pthread_mutex_unlock(&c->map_lock);
+}
+
 static void free_env(struct env *e)
 {
+	check_gauges(e->c);
 	dedup_destroy(e->d);
+	/* leaving, dedup takes every frame out of its trees */
+	CHECK_EQ(e->c->ft.nr_unshared, 0);
 	cache_destroy(e->c);
 }
 
