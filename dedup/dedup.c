@@ -41,36 +41,26 @@ static uint64_t phys_key(void *arg, uint32_t fid)
 }
 
 /* uid -> scope tag (1 .. 65534), assigned on first sight; an owner past
- * the last tag gets SCOPE_NOMERGE and never shares. */
-#define SCOPE_SLOTS (1u << 17)
-
+ * the last tag, or seen when the table could not grow, gets SCOPE_NOMERGE
+ * and never shares. */
 uint16_t dedup_scope_of(struct dedup *d, struct cfile *f)
 {
-	uint32_t uid = (uint32_t)f->ident.uid, i;
+	uint64_t key = (uint64_t)(uint32_t)f->ident.uid + 1; /* never 0 */
 	uint16_t tag = SCOPE_NOMERGE;
+	uint64_t *found;
+	bool added;
 
 	if (d->scope != DEDUP_SCOPE_UID)
 		return 0;
 	pthread_mutex_lock(&d->scope_lock);
-	if (!d->scope_tab)
-		d->scope_tab = calloc(SCOPE_SLOTS, sizeof(*d->scope_tab));
-	if (!d->scope_tab)
-		goto out_unlock;
-	for (i = (uid * 2654435761u) & (SCOPE_SLOTS - 1);; i = (i + 1) & (SCOPE_SLOTS - 1)) {
-		if (d->scope_tab[i].tag && d->scope_tab[i].uid == uid) {
-			tag = d->scope_tab[i].tag;
-			break;
-		}
-		if (!d->scope_tab[i].tag) {
-			if (d->scope_next < SCOPE_NOMERGE) {
-				d->scope_tab[i].uid = uid;
-				d->scope_tab[i].tag = (uint16_t)d->scope_next++;
-				tag = d->scope_tab[i].tag;
-			}
-			break;
-		}
+	found = u64map_find(&d->scopes, key);
+	if (!found && d->scope_next < SCOPE_NOMERGE) {
+		found = u64map_put(&d->scopes, key, d->scope_next, &added);
+		if (found && added)
+			d->scope_next++;
 	}
-out_unlock:
+	if (found)
+		tag = (uint16_t)*found;
 	pthread_mutex_unlock(&d->scope_lock);
 	return tag;
 }
@@ -323,7 +313,7 @@ void dedup_destroy(struct dedup *d)
 	pthread_mutex_destroy(&d->digest_lock);
 	pthread_cond_destroy(&d->scan_cond);
 	pthread_cond_destroy(&d->scan_done);
-	free(d->scope_tab);
+	u64map_fini(&d->scopes);
 	free(d);
 }
 

@@ -10,6 +10,7 @@
 #include "fp.h"
 #include "store.h"
 #include "stree.h"
+#include "u64map.h"
 
 #include "cache_i.h"
 
@@ -47,8 +48,8 @@ struct dedup {
 					     * that are not busy (unmount) */
 	_Atomic uint64_t digests_computed;
 	dev_t devs[DEDUP_MAX_DEVS];         /* map_lock: id - 1 -> device */
-	pthread_mutex_t scope_lock;         /* scope_tab, scope_next */
-	struct { uint32_t uid; uint16_t tag; } *scope_tab;
+	pthread_mutex_t scope_lock;         /* scopes, scope_next */
+	struct u64map scopes;               /* uid + 1 -> scope tag */
 	unsigned scope_next;
 	unsigned ndevs;
 	_Atomic uint64_t content_merges, reflink_merges, hashes_computed,

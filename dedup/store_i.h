@@ -36,6 +36,7 @@
 
 #include "store.h"
 #include "store_errno.h"
+#include "u64map.h"
 
 #include <endian.h>
 #include <lmdb.h>
@@ -102,12 +103,6 @@ struct store_queue {
 	size_t len, cap;
 };
 
-/* Open-addressing table of masked file ids (fid 0 is never used). */
-struct store_mask {
-	uint64_t fid;
-	uint64_t seq;     /* lifted once done_seq >= seq */
-};
-
 struct store {
 	MDB_env *env;                       /* NULL: detached (no store) */
 	MDB_dbi dbi[SDB_COUNT];             /* immutable after open */
@@ -133,8 +128,9 @@ struct store {
 	bool sync_req, stop;                /* q_lock */
 	bool paused;                        /* q_lock (read racily in stats) */
 	int pause_err;                      /* q_lock: -errno that paused */
-	struct store_mask *masks;           /* q_lock */
-	size_t mask_cap, mask_len;          /* q_lock */
+	/* masked file ids (never 0) -> the update that lifts the mask
+	 * once done_seq reaches it (q_lock) */
+	struct u64map masks;
 	uint64_t mask_all;                  /* q_lock: every fid masked while
 					     * done_seq < mask_all */
 

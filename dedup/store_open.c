@@ -110,7 +110,7 @@ static void store_free(struct store *s)
 	pthread_cond_destroy(&s->q_wake);
 	pthread_cond_destroy(&s->q_done);
 	free(s->q.ops);
-	free(s->masks);
+	u64map_fini(&s->masks);
 	free(s->dir);
 	free(s->name);
 	free(s);

@@ -13,100 +13,35 @@
 
 /* ---- masks (q_lock held) ---- */
 
-static size_t mask_slot(uint64_t fid, size_t cap)
-{
-	return (size_t)((fid * 0x9E3779B97F4A7C15ull) >> 17) & (cap - 1);
-}
-
-static struct store_mask *mask_find(struct store *s, uint64_t fid)
-{
-	size_t i;
-
-	if (!s->mask_len)
-		return NULL;
-	for (i = mask_slot(fid, s->mask_cap); s->masks[i].fid;
-	     i = (i + 1) & (s->mask_cap - 1))
-		if (s->masks[i].fid == fid)
-			return &s->masks[i];
-	return NULL;
-}
-
-static void mask_insert(struct store_mask *tab, size_t cap, uint64_t fid,
-			uint64_t seq)
-{
-	size_t i = mask_slot(fid, cap);
-
-	while (tab[i].fid)
-		i = (i + 1) & (cap - 1);
-	tab[i] = (struct store_mask){ fid, seq };
-}
-
-/* Rebuild the table with room for want entries, keeping those that keep. */
-static int mask_rehash(struct store *s, size_t want, bool lift)
-{
-	size_t cap = 16, len = 0;
-	struct store_mask *tab;
-
-	while (cap < want * 2)
-		cap *= 2;
-	tab = calloc(cap, sizeof(*tab));
-	if (!tab)
-		return -ENOMEM;
-	for (size_t i = 0; i < s->mask_cap; i++) {
-		struct store_mask *m = &s->masks[i];
-
-		if (!m->fid || (lift && m->seq <= s->done_seq))
-			continue;
-		mask_insert(tab, cap, m->fid, m->seq);
-		len++;
-	}
-	free(s->masks);
-	s->masks = tab;
-	s->mask_cap = cap;
-	s->mask_len = len;
-	return 0;
-}
-
 static void mask_add(struct store *s, uint64_t fid, uint64_t seq)
 {
-	struct store_mask *m = mask_find(s, fid);
+	uint64_t *until = u64map_put(&s->masks, fid, seq, NULL);
 
-	if (m) {
-		if (m->seq < seq)
-			m->seq = seq;
-		return;
-	}
-	if ((s->mask_len + 1) * 2 > s->mask_cap &&
-	    mask_rehash(s, s->mask_len + 1, false)) {
+	if (!until) {
 		/* No memory for the table: mask everything instead. */
 		if (s->mask_all < seq)
 			s->mask_all = seq;
 		return;
 	}
-	mask_insert(s->masks, s->mask_cap, fid, seq);
-	s->mask_len++;
+	if (*until < seq)
+		*until = seq;
+}
+
+static bool mask_pending(uint64_t fid, uint64_t until, void *arg)
+{
+	const struct store *s = arg;
+
+	(void)fid;
+	return until > s->done_seq;
 }
 
 void store_masks_lift(struct store *s)
 {
-	size_t keep = 0;
-
 	if (s->mask_all && s->mask_all <= s->done_seq)
 		s->mask_all = 0;
-	if (!s->mask_len)
-		return;
-	for (size_t i = 0; i < s->mask_cap; i++)
-		if (s->masks[i].fid && s->masks[i].seq > s->done_seq)
-			keep++;
-	if (keep == s->mask_len)
-		return;
-	if (!keep) {
-		memset(s->masks, 0, s->mask_cap * sizeof(*s->masks));
-		s->mask_len = 0;
-		return;
-	}
-	if (mask_rehash(s, keep, true))
-		return;         /* lifted later, masking longer is safe */
+	/* Without memory to rebuild the table, the masks are lifted
+	 * later: masking longer is safe. */
+	u64map_filter(&s->masks, mask_pending, s);
 }
 
 bool store_masked(struct store *s, uint64_t fid)
@@ -115,7 +50,7 @@ bool store_masked(struct store *s, uint64_t fid)
 
 	pthread_mutex_lock(&s->q_lock);
 	masked = (s->mask_all && s->mask_all > s->done_seq) ||
-		 mask_find(s, fid);
+		 u64map_find(&s->masks, fid);
 	pthread_mutex_unlock(&s->q_lock);
 	return masked;
 }

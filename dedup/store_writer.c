@@ -158,6 +158,12 @@ static void store_run_batch(struct store *s, struct store_queue *b,
 	}
 }
 
+static void mask_forever(uint64_t fid, uint64_t *until, void *arg)
+{
+	(void)fid, (void)arg;
+	*until = STORE_SEQ_NEVER;
+}
+
 void store_pause(struct store *s, int err, const char *what)
 {
 	pthread_mutex_lock(&s->q_lock);
@@ -169,9 +175,7 @@ void store_pause(struct store *s, int err, const char *what)
 	s->pause_err = err;
 	/* What is masked now will never be committed: mask it for good
 	 * before done_seq jumps over the dropped updates. */
-	for (size_t i = 0; i < s->mask_cap; i++)
-		if (s->masks[i].fid)
-			s->masks[i].seq = STORE_SEQ_NEVER;
+	u64map_each(&s->masks, mask_forever, NULL);
 	if (s->mask_all > s->done_seq)
 		s->mask_all = STORE_SEQ_NEVER;
 	s->q.len = 0;

@@ -10,6 +10,7 @@
 
 #include "dedup.h"
 #include "log.h"
+#include "u64map.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -21,12 +22,8 @@
 #include <string.h>
 #include <sys/resource.h>
 
-struct seen {
-	uint64_t *key;      /* dev * K ^ ino, 0 = empty */
-	size_t cap, n;
-};
-
-static struct seen *walk_seen; /* nftw has no user argument */
+/* The files seen, by seen_key; values unused. */
+static struct u64map *walk_seen; /* nftw has no user argument */
 static _Atomic bool walk_stop; /* set by prune_stop, read by the walk */
 
 static uint64_t seen_key(uint64_t dev, uint64_t ino)
@@ -36,38 +33,6 @@ static uint64_t seen_key(uint64_t dev, uint64_t ino)
 	return k ? k : 1;
 }
 
-static int seen_add(struct seen *s, uint64_t k)
-{
-	if ((s->n + 1) * 2 > s->cap) {
-		size_t cap = s->cap ? s->cap * 2 : 4096;
-		uint64_t *nk = calloc(cap, sizeof(*nk));
-
-		if (!nk)
-			return -ENOMEM;
-		for (size_t i = 0; i < s->cap; i++) {
-			size_t j = s->key[i] & (cap - 1);
-
-			if (!s->key[i])
-				continue;
-			while (nk[j])
-				j = (j + 1) & (cap - 1);
-			nk[j] = s->key[i];
-		}
-		free(s->key);
-		s->key = nk;
-		s->cap = cap;
-	}
-	for (size_t j = k & (s->cap - 1);; j = (j + 1) & (s->cap - 1)) {
-		if (s->key[j] == k)
-			return 0;
-		if (!s->key[j]) {
-			s->key[j] = k;
-			s->n++;
-			return 0;
-		}
-	}
-}
-
 static int walk_one(const char *path, const struct stat *st, int type,
 		    struct FTW *ftw)
 {
@@ -75,8 +40,8 @@ static int walk_one(const char *path, const struct stat *st, int type,
 	if (atomic_load(&walk_stop))
 		return FTW_STOP;
 	if (type == FTW_F && S_ISREG(st->st_mode))
-		return seen_add(walk_seen, seen_key(st->st_dev, st->st_ino))
-			       ? FTW_STOP : FTW_CONTINUE;
+		return u64map_put(walk_seen, seen_key(st->st_dev, st->st_ino),
+				  0, NULL) ? FTW_CONTINUE : FTW_STOP;
 	return FTW_CONTINUE;
 }
 
@@ -84,15 +49,7 @@ static int walk_one(const char *path, const struct stat *st, int type,
  * wrongly. */
 static bool exists(void *arg, uint64_t dev, uint64_t ino)
 {
-	struct seen *s = arg;
-	uint64_t k = seen_key(dev, ino);
-
-	if (!s->cap)
-		return false;
-	for (size_t j = k & (s->cap - 1); s->key[j]; j = (j + 1) & (s->cap - 1))
-		if (s->key[j] == k)
-			return true;
-	return false;
+	return u64map_find(arg, seen_key(dev, ino)) != NULL;
 }
 
 struct prune_arg {
@@ -103,11 +60,12 @@ struct prune_arg {
 static void *prune_main(void *p)
 {
 	struct prune_arg *a = p;
-	struct seen s = { 0 };
+	struct u64map s;
 	int ret;
 
 	pthread_setname_np(pthread_self(), "sp-prune");
 	setpriority(PRIO_PROCESS, 0, 19);
+	u64map_init(&s);
 	walk_seen = &s;
 	ret = nftw(a->root, walk_one, 16,
 		   FTW_PHYS | FTW_MOUNT | FTW_ACTIONRETVAL);
@@ -119,7 +77,7 @@ static void *prune_main(void *p)
 		ret = -ENOMEM;
 	if (ret)
 		log_warn("pruning the store of deleted files: %s", strerror(-ret));
-	free(s.key);
+	u64map_fini(&s);
 	free(a->root);
 	free(a);
 	return NULL;
