@@ -169,6 +169,25 @@ void cache_unmap_page(struct cache *c, struct cfile *f, uint64_t index,
 	pthread_mutex_unlock(&c->map_lock);
 }
 
+bool cache_drop_page_locked(struct cache *c, struct cfile *f, uint64_t index,
+			    uint32_t fid)
+{
+	struct frame *fr = cache_frame(c, fid);
+
+	/* With f's index locked, the only mapper's page gains no pin. */
+	if (fid < FID_FIRST || fr->nmappers != 1 || atomic_load(&fr->pins) ||
+	    (frame_flags(fr) & (F_DIRTY | F_IO | F_WB | F_FREE | F_ZERO)))
+		return false;
+	if (frame_owner(&c->ft, fr).file != f)
+		return false;
+	share_forget(c, fid, fr);
+	pidx_erase(&f->pidx, index);
+	frame_del_mapper(&c->ft, fid, f, index);
+	if (!(frame_flags(fr) & F_FREE))
+		free_frame_locked(c, fid);
+	return true;
+}
+
 #define EVICT_MAX_MAPPERS 64
 
 /* Try to evict one frame; map_lock held. */
@@ -466,6 +485,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	st->clone_shares = atomic_load(&a->clone_shares);
 	st->pressure_shrinks = atomic_load(&a->pressure_shrinks);
 	st->readahead_pages = atomic_load(&a->readahead_pages);
+	st->direct_read_pages = atomic_load(&a->direct_read_pages);
 	st->uring_fallbacks = bio_ring_fallbacks();
 	st->pressure_bytes = atomic_load(&a->pressure_bytes);
 	pthread_mutex_lock(&c->files_lock);

@@ -113,6 +113,9 @@ struct cache_stats {
 	uint64_t file_reattaches;      /* kept files opened again */
 	uint64_t uring_fallbacks;      /* (g) threads doing I/O without
 					* io_uring (preadv/pwritev) */
+	uint64_t direct_read_pages;    /* pages of kernel-mode files read
+					* from the backing file, no frame
+					* taken (not misses) */
 };
 
 int cache_create(const struct cache_config *cfg, struct cache **out);
@@ -142,6 +145,28 @@ void cfile_put(struct cfile *f);
  * when the pages were cached; drop pages and adopt the new size if it
  * changed (and nothing is dirty). Called by open. */
 int cfile_revalidate(struct cfile *f);
+/*
+ * Kernel mode: the kernel caches the file's pages (the front end opens it
+ * without direct I/O), so the cache keeps none of its own. A read takes
+ * no frame: pages the cache holds anyway (dirty, or mapping a frame other
+ * files share) are copied from their frames, the rest read from the
+ * backing file into the read context's buffer. A write is written
+ * through and its private pages dropped. Switching a file to kernel mode
+ * writes its dirty pages back and drops its private clean ones. The front
+ * end switches only while no handle of the file is open.
+ */
+int cfile_set_kernel_mode(struct cfile *f, bool on);
+bool cfile_kernel_mode(struct cfile *f);
+/* Pages a kernel-mode read found held by other files too (a resident
+ * frame with the same bytes, or a page another kernel-mode file read
+ * lately): evidence that the file shares, for the front end's choice of
+ * mode at its next open. Kept while the file is in shared mode; reset
+ * when it enters kernel mode and when it changed behind the mount. */
+uint64_t cfile_sharing_found(struct cfile *f);
+/* Changes when cfile_revalidate() finds the file changed behind the
+ * mount, and differs between two objects of one file: while it stays the
+ * same, pages the kernel cached for the file are still true. */
+uint64_t cfile_generation(struct cfile *f);
 /* The size as the mount sees it. */
 uint64_t cfile_size(struct cfile *f);
 /* Latest write time through the mount (ns since epoch, 0 if none): the

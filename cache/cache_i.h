@@ -26,7 +26,8 @@ struct cstat_atomic {
 	_Atomic uint64_t hits, misses, evictions, backing_read_bytes,
 		backing_write_bytes, backing_reads, backing_writes,
 		writeback_errors, cow_breaks, invalidations, clone_shares,
-		pressure_shrinks, pressure_bytes, readahead_pages;
+		pressure_shrinks, pressure_bytes, readahead_pages,
+		direct_read_pages;
 };
 
 struct cfile_ident {
@@ -82,6 +83,9 @@ struct cfile {
 	_Atomic int64_t mtime_ns;           /* last write through the mount */
 	_Atomic int wb_err;                 /* pending writeback error */
 	_Atomic bool orphan;
+	_Atomic bool kernel_mode;           /* cfile_set_kernel_mode() */
+	_Atomic uint64_t sharing_found;     /* cfile_sharing_found() */
+	_Atomic uint64_t generation;        /* cfile_generation() */
 	void *owner;                        /* front end's object */
 	uint16_t scope;                     /* dedup scope tag */
 	/* dirty list, under cache->wb_lock */
@@ -113,6 +117,7 @@ struct cache {
 	struct cache_share_ops share;       /* set once before use */
 	struct cstat_atomic st;
 	_Atomic uint64_t nr_dirty;
+	_Atomic uint64_t generations;       /* cfile generations given */
 	/* writeback */
 	pthread_mutex_t wb_lock;
 	pthread_cond_t wb_cond;
@@ -176,6 +181,24 @@ void cache_unmap_page_locked(struct cache *c, struct cfile *f,
 #define FILL_AHEAD 2u   /* readahead */
 int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 	       unsigned n, unsigned how);
+
+/* direct.c: kernel mode (cache.h). A read of a kernel-mode file, as
+ * cache_read (len already capped); and the drop of the file's private
+ * clean pages in [first, end) (no lock held). */
+int cache_read_direct(struct cfile *f, uint64_t off, size_t len,
+		      struct cache_read_ctx *rc);
+void cache_drop_private(struct cfile *f, uint64_t first, uint64_t end);
+/* cache.c: drop the page (f, index) -> fid if f is its only mapper and it
+ * is clean and unpinned; f's pidx_lock (write) and map_lock held. */
+bool cache_drop_page_locked(struct cache *c, struct cfile *f, uint64_t index,
+			    uint32_t fid);
+/* rw.c: the context's buffer, page aligned, room for a whole request. */
+int cache_read_bounce(struct cache_read_ctx *rc);
+/* rw.c: a read found the disk ending at eof, short of bsize (the backing
+ * size when it started): adopt it unless the mount has data of its own
+ * there. pidx_lock (write) held. */
+void cache_shrunk_behind_locked(struct cfile *f, uint64_t eof,
+				uint64_t bsize);
 
 /* readahead.c: a read of pages [first, last] of f has been served. */
 void cache_readahead(struct cfile *f, uint64_t first, uint64_t last);

@@ -228,6 +228,9 @@ static int cfile_new(struct cache *c, int path_fd, struct cfile **out)
 		goto out_close;
 	f->key_dev = f->ident.dev;
 	f->key_ino = f->ident.ino;
+	/* Generations are unique across files: a new object of the same
+	 * file never repeats an old one's. */
+	atomic_init(&f->generation, atomic_fetch_add(&c->generations, 1) + 1);
 	pthread_mutex_lock(&c->map_lock);
 	f->map_number = frame_file_number(&c->ft, f);
 	pthread_mutex_unlock(&c->map_lock);
@@ -535,6 +538,9 @@ int cfile_revalidate(struct cfile *f)
 	pthread_rwlock_unlock(&f->pidx_lock);
 	if (same)
 		goto out;
+	atomic_store(&f->generation,
+		     atomic_fetch_add(&f->cache->generations, 1) + 1);
+	atomic_store(&f->sharing_found, 0); /* other content now */
 	/* Our unwritten data wins; it is written over the change. */
 	dirty = cfile_has_dirty(f);
 	if (!dirty)
@@ -547,6 +553,42 @@ int cfile_revalidate(struct cfile *f)
 out:
 	pthread_rwlock_unlock(&f->inval_lock);
 	return ret;
+}
+
+int cfile_set_kernel_mode(struct cfile *f, bool on)
+{
+	int ret = 0;
+
+	if (on && !atomic_load(&f->kernel_mode)) {
+		pthread_rwlock_rdlock(&f->inval_lock);
+		ret = cfile_writeback_locked(f);
+		pthread_rwlock_unlock(&f->inval_lock);
+		if (ret)
+			return ret;
+	}
+	/* Evidence of sharing is kept while the file leaves kernel mode,
+	 * so that auto does not bring it straight back. */
+	if (on)
+		atomic_store(&f->sharing_found, 0);
+	atomic_store(&f->kernel_mode, on);
+	if (on)
+		cache_drop_private(f, 0, UINT64_MAX);
+	return 0;
+}
+
+bool cfile_kernel_mode(struct cfile *f)
+{
+	return atomic_load(&f->kernel_mode);
+}
+
+uint64_t cfile_sharing_found(struct cfile *f)
+{
+	return atomic_load(&f->sharing_found);
+}
+
+uint64_t cfile_generation(struct cfile *f)
+{
+	return atomic_load(&f->generation);
 }
 
 uint64_t cfile_size(struct cfile *f)

@@ -148,6 +148,12 @@ struct cache_share_ops {
 			     uint64_t n);
 	/* f is going away for good (unlinked); no lock held. */
 	void (*file_gone)(void *ctx, struct cfile *f);
+	/* A page of the kernel-mode file f, read without a frame: do other
+	 * files hold the same bytes (a resident frame, or a page another
+	 * kernel-mode file read lately)? A hint for the choice of mode;
+	 * nothing is mapped. Marks the other kernel-mode file too. No lock
+	 * held. */
+	bool (*probe)(void *ctx, struct cfile *f, const void *data);
 };
 
 struct frame_table {

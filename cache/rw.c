@@ -39,8 +39,8 @@ void cache_read_ctx_fini(struct cache_read_ctx *rc)
  * file now ends there, so reads come back short instead of inventing
  * zeros. pidx_lock (write) held.
  */
-static void shrunk_behind_locked(struct cfile *f, uint64_t eof,
-				 uint64_t bsize)
+void cache_shrunk_behind_locked(struct cfile *f, uint64_t eof,
+				uint64_t bsize)
 {
 	/* While a fill runs (inval_lock shared) the mount only ever grows
 	 * the file on disk: shorter than bsize was not our doing. */
@@ -183,7 +183,7 @@ int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 						   cache_frame_data(c, out[i]));
 
 	pthread_rwlock_wrlock(&f->pidx_lock);
-	shrunk_behind_locked(f, eof, bsize);
+	cache_shrunk_behind_locked(f, eof, bsize);
 	pthread_mutex_lock(&c->map_lock);
 	for (unsigned i = 0; i < n; i++) {
 		if (!io[i])
@@ -324,10 +324,12 @@ void cache_read_release(struct cfile *f, struct cache_read_ctx *rc)
 	rc->bytes = 0;
 }
 
-static int ensure_bounce(struct cache_read_ctx *rc)
+int cache_read_bounce(struct cache_read_ctx *rc)
 {
-	if (!rc->bounce)
-		rc->bounce = malloc((size_t)(CACHE_MAX_IO_PAGES + 1) * PG);
+	/* Page aligned: the backing fd may be O_DIRECT (direct.c). */
+	if (!rc->bounce &&
+	    posix_memalign(&rc->bounce, PG, (size_t)(CACHE_MAX_IO_PAGES + 1) * PG))
+		rc->bounce = NULL;
 	return rc->bounce ? 0 : -ENOMEM;
 }
 
@@ -351,6 +353,8 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 		return 0;
 	if (len > size - off)
 		len = size - off;
+	if (atomic_load(&f->kernel_mode))
+		return cache_read_direct(f, off, len, rc);
 	first = off >> CACHE_PAGE_SHIFT;
 	last = (off + len - 1) >> CACHE_PAGE_SHIFT;
 	npages = (unsigned)(last - first + 1);
@@ -368,7 +372,7 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 		if (ret == -EAGAIN) {
 			/* Out of frames while holding pins: copy what we
 			 * have, let the pins go, then wait for frames. */
-			ret = ensure_bounce(rc);
+			ret = cache_read_bounce(rc);
 			if (ret)
 				goto out_release;
 			copied = p > first ? (size_t)((p << CACHE_PAGE_SHIFT) - off)
@@ -723,6 +727,7 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		    uint64_t off, bool append, uint64_t *off_out)
 {
 	struct cache *c = f->cache;
+	bool kernel_mode = atomic_load(&f->kernel_mode);
 	size_t done = 0;
 	unsigned chunk = WRITE_CHUNK;
 	int ret = 0;
@@ -763,8 +768,9 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		    __atomic_load_n(&c->ft.limit, __ATOMIC_RELAXED))
 			cache_wb_kick(c);
 	}
-	/* writeback_ms=0: write-through, on disk before the write returns. */
-	if (done && !c->cfg.writeback_ms) {
+	/* writeback_ms=0, or a kernel-mode file: write-through, on disk
+	 * before the write returns. */
+	if (done && (!c->cfg.writeback_ms || kernel_mode)) {
 		int err = cfile_writeback_locked(f);
 
 		if (err) {
@@ -774,6 +780,10 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		}
 	}
 	pthread_rwlock_unlock(&f->inval_lock);
+	/* The kernel holds what was written; the cache keeps no copy. */
+	if (done && kernel_mode)
+		cache_drop_private(f, off >> CACHE_PAGE_SHIFT,
+				   ((off + done - 1) >> CACHE_PAGE_SHIFT) + 1);
 	if (done)
 		atomic_store(&f->mtime_ns, cache_now_ns());
 out_unlock:

@@ -235,6 +235,7 @@ int dedup_create(struct cache *c, const struct dedup_config *cfg,
 		.note_fill = note_fill,
 		.file_changed = file_changed,
 		.file_gone = file_gone,
+		.probe = dedup_probe,
 	};
 	struct dedup *d;
 	int ret;
@@ -258,6 +259,9 @@ int dedup_create(struct cache *c, const struct dedup_config *cfg,
 	pthread_mutex_init(&d->scope_lock, NULL);
 	pthread_mutex_init(&d->digest_lock, NULL);
 	d->scope_next = 1;
+	/* About 16 bytes of table per frame of the budget at most; with one
+	 * page in 8 sampled, it remembers four budgets of reads. */
+	d->ghost_max = c->ft.limit / 2 + 1024;
 	pthread_cond_init(&d->scan_cond, NULL);
 	pthread_cond_init(&d->scan_done, NULL);
 	d->cursor = FID_FIRST;
@@ -306,6 +310,7 @@ void dedup_destroy(struct dedup *d)
 	stree_fini(&d->stable);
 	stree_fini(&d->unstable);
 	stree_fini(&d->phys);
+	u64map_fini(&d->ghost);
 	pthread_mutex_unlock(&d->c->map_lock);
 	persist_close(d);
 	pthread_mutex_destroy(&d->scan_lock);

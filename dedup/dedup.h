@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 struct cache;
+struct cfile;
 struct dedup;
 
 enum dedup_scope {
@@ -104,6 +105,11 @@ int dedup_format_knobs(struct dedup *d, char *buf, size_t len);
  * them (see persist_i.h). At unmount, before the files drop their pages: a
  * page is recorded through its mapping. */
 void dedup_flush(struct dedup *d);
+/* What is known, without reading its pages, that f shares pages with
+ * other files: an extent shared with another file (a reflinked clone, by
+ * FIEMAP), or records in the store under the identity f has now (its
+ * pages were shared before). No lock held. */
+bool dedup_file_shares(struct dedup *d, struct cfile *f);
 /* A file lost its last name (through the mount): its stored records go. */
 void dedup_file_deleted(struct dedup *d, uint64_t dev, uint64_t ino);
 /* Drop the stored records of files that no longer exist: exists() says

@@ -51,6 +51,10 @@ struct dedup {
 	pthread_mutex_t scope_lock;         /* scopes, scope_next */
 	struct u64map scopes;               /* uid + 1 -> scope tag */
 	unsigned scope_next;
+	/* probe.c: fingerprints of pages kernel-mode files read, sampled
+	 * (key from the fingerprint and scope -> the reader's file number) */
+	struct u64map ghost;                /* map_lock */
+	size_t ghost_max;                   /* immutable: entries at most */
 	unsigned ndevs;
 	_Atomic uint64_t content_merges, reflink_merges, hashes_computed,
 		full_scans;
@@ -66,6 +70,9 @@ struct dedup {
 	uint64_t forced_until;              /* scan_lock: run until full_scans */
 	uint32_t cursor;                    /* scanner thread only */
 };
+
+/* probe.c: cache_share_ops.probe (see frame.h). */
+bool dedup_probe(void *ctx, struct cfile *f, const void *data);
 
 /* Scope tag of the pages of f (0 for the global scope, one tag per owner
  * for the uid scope). Frames merge only when their tags match. */
@@ -99,6 +106,9 @@ uint32_t reflink_lookup(struct dedup *d, struct cfile *f, uint64_t index);
 void reflink_note(struct dedup *d, struct cfile *f, uint64_t index,
 		  uint32_t fid);
 void dedup_move_phys(struct dedup *d, uint32_t fid, uint32_t target);
+/* One of the first extents of f is shared with another file (FIEMAP,
+ * without a sync: no I/O). No lock held. */
+bool reflink_file_shared(struct cfile *f);
 /* The mount changed f on disk: its extent map is no longer true. f's
  * pidx_lock (write) held, map_lock not. */
 void reflink_changed(struct dedup *d, struct cfile *f);

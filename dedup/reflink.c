@@ -121,6 +121,32 @@ static struct extmap *extmap_read(struct cfile *f)
 	}
 }
 
+bool reflink_file_shared(struct cfile *f)
+{
+	union {
+		struct fiemap fm;
+		char room[sizeof(struct fiemap) +
+			  FIEMAP_BATCH * sizeof(struct fiemap_extent)];
+	} q;
+
+	/* The first extents tell a clone from a file that shares nothing;
+	 * without FIEMAP_FLAG_SYNC this costs no I/O. */
+	int ret;
+
+	memset(&q.fm, 0, sizeof(q.fm));
+	q.fm.fm_length = FIEMAP_MAX_OFFSET;
+	q.fm.fm_extent_count = FIEMAP_BATCH;
+	pthread_rwlock_rdlock(&f->inval_lock); /* f->fd */
+	ret = ioctl(f->fd, FS_IOC_FIEMAP, &q.fm);
+	pthread_rwlock_unlock(&f->inval_lock);
+	if (ret < 0)
+		return false;
+	for (uint32_t i = 0; i < q.fm.fm_mapped_extents; i++)
+		if (q.fm.fm_extents[i].fe_flags & FIEMAP_EXTENT_SHARED)
+			return true;
+	return false;
+}
+
 /* f's extent map, if it describes f as it is now (identity `now`, equal
  * to the one the cache holds for f); pidx_lock (write) held. */
 static struct extmap *extmap_get(struct cfile *f, const struct cfile_ident *now)

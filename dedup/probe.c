@@ -1,0 +1,99 @@
+/*
+ * probe: is a page of a kernel-mode file held by other files too? The
+ * front end caches a file in the kernel while nothing says it shares
+ * (fs/ops_file.c); this is what the daemon learns while it serves that
+ * file's misses, for the choice at the file's next open.
+ *
+ * Two places are asked: the stable tree (a resident frame with the same
+ * bytes, confirmed by memcmp), and the ghost table, the fingerprints of
+ * pages kernel-mode files read lately (one page in GHOST_SAMPLE, so that
+ * a copy is still found and the table stays small). A ghost match is not
+ * confirmed, the bytes are gone: a collision only moves a file to shared
+ * mode, which serves the same bytes. Nothing is ever mapped here.
+ *
+ * Locking: map_lock for both tables and for the file table; the file's
+ * pidx_lock (read) for its owner.
+ */
+#include "dedup_i.h"
+
+#include <string.h>
+
+#define PG CACHE_PAGE_SIZE
+/* A page whose fingerprint has these low bits clear is remembered. */
+#define GHOST_SAMPLE 8u
+
+static bool resident_match(struct dedup *d, const struct fp *h,
+			   uint16_t scope, const void *data)
+{
+	struct cache *c = d->c;
+	uint32_t cand, pos = 0;
+
+	while ((cand = stree_next(&d->stable, h->lo, &pos))) {
+		struct frame *fr = cache_frame(c, cand);
+
+		if (fr->fp[1] == h->hi && scope_match(fr->scope, scope) &&
+		    !memcmp(cache_frame_data(c, cand), data, PG))
+			return true;
+	}
+	return false;
+}
+
+/* The other file that read the page, if it is still known: mark it. */
+static void mark_file(struct dedup *d, uint32_t number)
+{
+	uintptr_t v = d->c->ft.files[number];
+
+	if (number && !(v & 1))
+		atomic_fetch_add(&((struct cfile *)v)->sharing_found, 1);
+}
+
+static bool ghost_match(struct dedup *d, struct cfile *f, const struct fp *h,
+			uint16_t scope)
+{
+	uint64_t key = (h->lo ^ (uint64_t)scope << 48) | 1;
+	uint64_t *seen;
+	bool added;
+
+	if (h->lo & (GHOST_SAMPLE - 1))
+		return false;
+	seen = u64map_find(&d->ghost, key);
+	if (seen) {
+		if (*seen == f->map_number)
+			return false;
+		mark_file(d, (uint32_t)*seen);
+		return true;
+	}
+	if (d->ghost.len >= d->ghost_max) {
+		/* Full: start over, the newest reads matter most. */
+		u64map_fini(&d->ghost);
+		u64map_init(&d->ghost);
+	}
+	u64map_put(&d->ghost, key, f->map_number, &added);
+	return false;
+}
+
+bool dedup_probe(void *ctx, struct cfile *f, const void *data)
+{
+	struct dedup *d = ctx;
+	uint16_t scope;
+	struct fp h;
+	bool found;
+
+	if (d->scope == DEDUP_SCOPE_NONE)
+		return false;
+	pthread_rwlock_rdlock(&f->pidx_lock); /* f->ident, for the owner */
+	scope = dedup_scope_of(d, f);
+	pthread_rwlock_unlock(&f->pidx_lock);
+	if (scope == SCOPE_NOMERGE)
+		return false;
+	fp_page(data, &h);
+	atomic_fetch_add(&d->hashes_computed, 1);
+	/* Zero pages are everywhere; they say nothing about sharing. */
+	if (fp_equal(&h, fp_zero()) && fp_page_is_zero(data))
+		return false;
+	pthread_mutex_lock(&d->c->map_lock);
+	found = resident_match(d, &h, scope, data) ||
+		ghost_match(d, f, &h, scope);
+	pthread_mutex_unlock(&d->c->map_lock);
+	return found;
+}
