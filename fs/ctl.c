@@ -125,6 +125,12 @@ static void ctl_stats(struct spfs *fs, struct ctl_buf *b)
 	U("uring_fallbacks", cs.uring_fallbacks);
 	U("readahead_pages", cs.readahead_pages);
 	U("free_frame_bytes", cs.free_frame_bytes);
+	/* Caching modes (-o cache_mode): open files by mode, the switches,
+	 * and what kernel-mode files read from disk without a frame. */
+	U("files_kernel_mode", atomic_load(&fs->itab.open_kernel));
+	U("files_shared_mode", atomic_load(&fs->itab.open_shared));
+	U("mode_switches", atomic_load(&fs->itab.mode_switches));
+	U("direct_read_pages", cs.direct_read_pages);
 	/* Persistence: the warm restart's work, and the store itself. */
 	U("digests_computed", ds.digests_computed);
 	U("store_hits", ds.store_hits);
@@ -319,10 +325,16 @@ static void ctl_file(struct spfs *fs, struct inode *in, struct ctl_buf *b,
 	struct cfile_share_summary sum;
 	struct ctl_report r = { .self = in };
 	struct cfile *cf = inode_cfile_ref(in);
+	uint64_t sharing_found = 0;
+	const char *mode;
 	int ret = 0;
 
 	memset(&sum, 0, sizeof(sum));
+	pthread_mutex_lock(&in->lock);
+	mode = !in->mode_ever ? "none" : in->kernel_mode ? "kernel" : "shared";
+	pthread_mutex_unlock(&in->lock);
 	if (cf) {
+		sharing_found = cfile_sharing_found(cf);
 		itab_lock(&fs->itab);
 		ret = cfile_share_report(cf, ctl_sharer_cb, &r, &sum);
 		itab_unlock(&fs->itab);
@@ -346,6 +358,10 @@ static void ctl_file(struct spfs *fs, struct inode *in, struct ctl_buf *b,
 	ctl_printf(b, "zero_pages %" PRIu64 "\n", sum.zero_pages);
 	ctl_printf(b, "reflink_pages %" PRIu64 "\n", sum.reflink_pages);
 	ctl_printf(b, "dirty_pages %" PRIu64 "\n", sum.dirty_pages);
+	/* Who caches the file (the mode of its last open), and what its
+	 * kernel-mode reads found held by other files too. */
+	ctl_printf(b, "cache_mode %s\n", mode);
+	ctl_printf(b, "sharing_found %" PRIu64 "\n", sharing_found);
 	if (r.n)
 		qsort(r.v, r.n, sizeof(*r.v), ctl_by_pages);
 	/* Names of sharing files would tell any user which files hold the

@@ -449,6 +449,11 @@ int inode_release(struct itab *t, struct inode *in, bool was_writer)
 		in->nwriters--;
 	}
 	idle = in->nopen == 0 && in->cf;
+	if (in->nopen == 0 && in->mode_set) {
+		in->mode_set = false;
+		atomic_fetch_sub(in->kernel_mode ? &t->open_kernel
+						 : &t->open_shared, 1);
+	}
 	pthread_mutex_unlock(&in->lock);
 
 	if (idle) {

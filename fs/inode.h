@@ -44,6 +44,7 @@
 #define SAMEPAGE_FS_INODE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -72,6 +73,16 @@ struct inode {
 	unsigned      nwriters;    /* lock: handles open for writing */
 	int64_t       mtime_floor_ns; /* lock: cfile_mtime_ns() when the
 	                               * mtime was last set explicitly */
+	/* Caching mode (fs/ops_file.c), chosen at the first open of a
+	 * period in which the file has handles open, the same for all of
+	 * them; mode_set goes back to false with the last release. */
+	bool          mode_set;    /* lock */
+	bool          mode_ever;   /* lock: a mode was ever chosen */
+	bool          kernel_mode; /* lock: the kernel caches the file */
+	bool          kcache_valid; /* lock: the kernel's pages of the file
+	                             * were true at cfile generation
+	                             * kcache_gen */
+	uint64_t      kcache_gen;  /* lock */
 	bool          maybe_suid;  /* atomic: a setuid/setgid mode was seen */
 };
 
@@ -85,6 +96,9 @@ struct itab {
 	size_t          nidle;     /* lock */
 	size_t          idle_max;  /* immutable after itab_init() */
 	struct inode   *root;      /* immutable after itab_init() */
+	/* files with handles open, by caching mode (inode->kernel_mode) */
+	_Atomic uint64_t open_kernel, open_shared;
+	_Atomic uint64_t mode_switches; /* a file's mode changed at open */
 };
 
 /* Takes ownership of root_fd (an O_PATH descriptor of the backing dir).

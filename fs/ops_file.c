@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include "cache.h"
+#include "dedup.h"
 #include "log.h"
+#include "opts.h"
 #include "ops.h"
 
 /* copy_file_range moves this much per cache round trip, and at most
@@ -78,11 +80,59 @@ static int ops_modify_privs(fuse_req_t req, struct inode *in)
 	return inode_kill_suid(in);
 }
 
+/* cache_mode=auto: the kernel caches a file unless something known
+ * without reading it says it shares pages. */
+static bool ops_auto_kernel(struct spfs *fs, struct cfile *cf)
+{
+	if (cfile_sharing_found(cf))
+		return false;
+	return !fs->dedup || !dedup_file_shares(fs->dedup, cf);
+}
+
+/*
+ * Who caches the file (see -o cache_mode): chosen by the first open of a
+ * period in which the file has handles open, so that all of them agree.
+ * In kernel mode the kernel keeps the pages it read (keep_cache) while the
+ * file is the one they came from: no change behind the mount since, and
+ * no shared-mode open in between (its writes bypassed the kernel).
+ */
+static int ops_open_mode(struct spfs *fs, struct inode *in, struct cfile *cf,
+			 bool *kernel, bool *keep)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&in->lock);
+	if (!in->mode_set) {
+		bool want = fs->cache_mode == OPTS_MODE_KERNEL ||
+			    (fs->cache_mode == OPTS_MODE_AUTO &&
+			     ops_auto_kernel(fs, cf));
+
+		ret = cfile_set_kernel_mode(cf, want);
+		if (ret)
+			goto out;
+		if (in->mode_ever && want != in->kernel_mode)
+			atomic_fetch_add(&fs->itab.mode_switches, 1);
+		in->kernel_mode = want;
+		in->mode_set = in->mode_ever = true;
+		atomic_fetch_add(want ? &fs->itab.open_kernel
+				      : &fs->itab.open_shared, 1);
+	}
+	*kernel = in->kernel_mode;
+	*keep = *kernel && in->kcache_valid &&
+		in->kcache_gen == cfile_generation(cf);
+	in->kcache_valid = *kernel;
+	in->kcache_gen = cfile_generation(cf);
+out:
+	pthread_mutex_unlock(&in->lock);
+	return ret;
+}
+
 /* The common part of open and create; on success the handle is counted. */
 static int ops_open_inode(struct spfs *fs, struct inode *in,
 			  struct fuse_file_info *fi)
 {
 	bool want_write = ops_flags_write(fi->flags);
+	bool kernel, keep;
 	struct cfile *cf;
 	int ret;
 
@@ -103,13 +153,19 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 		if (ret)
 			goto out_release;
 	}
+	ret = ops_open_mode(fs, in, cf, &kernel, &keep);
+	if (ret)
+		goto out_release;
+	if (fi->flags & O_TRUNC)
+		keep = false; /* truncated here, behind the kernel's pages */
 	fi->fh = OPS_FH_VALID | (uint32_t)fi->flags;
-	/* The cache is the only copy: no kernel page cache, no flush on
-	 * close of a handle that never wrote. With -o allow_mmap the kernel
-	 * caches the file too (twice the memory), so that shared mmap works:
-	 * libfuse 3.14 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP. */
-	fi->direct_io = !fs->allow_mmap;
-	fi->keep_cache = 0;
+	/* Shared mode: the cache is the only copy, no kernel page cache, no
+	 * flush on close of a handle that never wrote. With -o allow_mmap
+	 * the kernel caches the file too (twice the memory), so that shared
+	 * mmap works: libfuse 3.14 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP.
+	 * Kernel mode: the kernel's copy is the only one. */
+	fi->direct_io = !kernel && !fs->allow_mmap;
+	fi->keep_cache = keep;
 	fi->noflush = !want_write;
 #ifdef HAVE_FUSE_PARALLEL_DIRECT_WRITES
 	fi->parallel_direct_writes = 1;

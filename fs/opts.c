@@ -38,6 +38,7 @@ enum {
 	KEY_QUOTA,
 	KEY_REBUILD,
 	KEY_MMAP,
+	KEY_MODE,
 	KEY_DISCARD,
 };
 
@@ -61,6 +62,7 @@ static const struct fuse_opt opts_spec[] = {
 	FUSE_OPT_KEY("store_quota=", KEY_QUOTA),
 	FUSE_OPT_KEY("rebuild_state", KEY_REBUILD),
 	FUSE_OPT_KEY("allow_mmap", KEY_MMAP),
+	FUSE_OPT_KEY("cache_mode=", KEY_MODE),
 	/* fstab words that mean nothing to a FUSE mount. */
 	FUSE_OPT_KEY("defaults", KEY_DISCARD),
 	FUSE_OPT_KEY("auto", KEY_DISCARD),
@@ -150,6 +152,8 @@ static int opts_proc(void *data, const char *arg, int key,
 	case KEY_MMAP:
 		o->allow_mmap = true;
 		return 0;
+	case KEY_MODE:
+		return opts_set_str(&o->mode_arg, arg);
 	case KEY_DISCARD:
 		return 0;
 	case FUSE_OPT_KEY_NONOPT:
@@ -308,6 +312,20 @@ static int opts_check_values(struct opts *o)
 			opts_error("invalid value for option dedup_scope: '%s' "
 				   "(expected global, uid or none)",
 				   o->scope_arg);
+			return -1;
+		}
+	}
+	if (o->mode_arg) {
+		if (!strcmp(o->mode_arg, "shared")) {
+			o->cache_mode = OPTS_MODE_SHARED;
+		} else if (!strcmp(o->mode_arg, "kernel")) {
+			o->cache_mode = OPTS_MODE_KERNEL;
+		} else if (!strcmp(o->mode_arg, "auto")) {
+			o->cache_mode = OPTS_MODE_AUTO;
+		} else {
+			opts_error("invalid value for option cache_mode: '%s' "
+				   "(expected shared, kernel or auto)",
+				   o->mode_arg);
 			return -1;
 		}
 	}
@@ -571,6 +589,7 @@ void opts_free(struct opts *o)
 	free(o->scan_arg);
 	free(o->scope_arg);
 	free(o->quota_arg);
+	free(o->mode_arg);
 }
 
 void opts_usage(const char *prog)
@@ -598,6 +617,10 @@ void opts_usage(const char *prog)
 	       "                           used (another version, corrupt)\n"
 	       "    -o allow_mmap          let the kernel cache files too, so that\n"
 	       "                           shared mmap works (costs a second copy)\n"
+	       "    -o cache_mode=shared|kernel|auto\n"
+	       "                           who caches a file: samepage, merged\n"
+	       "                           (default), the kernel, or per file at\n"
+	       "                           open: the kernel unless it shares\n"
 	       "    -o ro                  read-only mount\n"
 	       "\n"
 	       "FUSE options:\n", prog);

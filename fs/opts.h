@@ -35,6 +35,14 @@ enum opts_scope {
 	OPTS_SCOPE_NONE,
 };
 
+/* Who caches a file's pages (fs/ops_file.c): samepage's shared cache, the
+ * kernel, or the choice at each open. */
+enum opts_cache_mode {
+	OPTS_MODE_SHARED,
+	OPTS_MODE_KERNEL,
+	OPTS_MODE_AUTO,
+};
+
 struct opts {
 	char *backing_arg;       /* as given */
 	char *mount_arg;
@@ -57,6 +65,7 @@ struct opts {
 	uint64_t store_quota;
 	bool rebuild_state;
 	bool allow_mmap;
+	enum opts_cache_mode cache_mode;
 
 	/* Raw values, validated by opts_check(). */
 	char *cache_size_arg;
@@ -65,6 +74,7 @@ struct opts {
 	char *scan_arg;
 	char *scope_arg;
 	char *quota_arg;
+	char *mode_arg;
 	bool has_fsname;
 	bool has_subtype;
 

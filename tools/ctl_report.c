@@ -119,11 +119,11 @@ int ctl_parse_file(const char *text, struct ctl_file_report *r,
 {
 	static const char *const keys[] = {
 		"resident_pages", "shared_pages", "zero_pages",
-		"reflink_pages", "dirty_pages",
+		"reflink_pages", "dirty_pages", "sharing_found",
 	};
 	uint64_t *const slots[] = {
 		&r->resident_pages, &r->shared_pages, &r->zero_pages,
-		&r->reflink_pages, &r->dirty_pages,
+		&r->reflink_pages, &r->dirty_pages, &r->sharing_found,
 	};
 	unsigned lineno = 0;
 	char *p, *line;
@@ -156,6 +156,12 @@ int ctl_parse_file(const char *text, struct ctl_file_report *r,
 			if (!*s->path || !ctl_parse_u64(num, &s->pages))
 				goto out_bad;
 			r->nsharers++;
+			continue;
+		}
+		if (!strcmp(line, "cache_mode")) {
+			if (!*rest || strlen(rest) >= sizeof(r->mode))
+				goto out_bad;
+			strcpy(r->mode, rest);
 			continue;
 		}
 		for (k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
@@ -209,6 +215,12 @@ int ctl_fmt_file(FILE *f, const char *path, const struct ctl_file_report *r)
 	file_row(f, "zero", r->zero_pages, r->resident_pages);
 	file_row(f, "reflink", r->reflink_pages, r->resident_pages);
 	file_row(f, "dirty", r->dirty_pages, r->resident_pages);
+	if (!strcmp(r->mode, "kernel"))
+		fprintf(f, "  cached by the kernel (cache_mode kernel)%s\n",
+			r->sharing_found ? "; other files hold its pages too"
+					 : "");
+	else if (!strcmp(r->mode, "shared"))
+		fprintf(f, "  cached by samepage, merged (cache_mode shared)\n");
 	if (!r->nsharers) {
 		fprintf(f, "  shares no pages with other files\n");
 		return ferror(f) ? -EIO : 0;

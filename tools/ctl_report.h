@@ -44,6 +44,9 @@ struct ctl_file_report {
 	uint64_t           zero_pages;
 	uint64_t           reflink_pages;
 	uint64_t           dirty_pages;
+	uint64_t           sharing_found;
+	char               mode[16];  /* cache_mode: kernel, shared, none;
+				       * empty from an older daemon */
 	struct ctl_sharer *sharers;  /* most pages first */
 	size_t             nsharers;
 };
