@@ -409,6 +409,19 @@ SANITIZER_MARKS = ('ERROR: AddressSanitizer', 'ERROR: LeakSanitizer',
                    'ERROR: ThreadSanitizer', 'FATAL: ThreadSanitizer')
 
 
+def file_report(path):
+    """samepage.file of a path through the mount: numbers as ints, words
+    (cache_mode) as strings, the sharers' paths in 'sharers'."""
+    rep = {'sharers': []}
+    for line in os.getxattr(path, 'samepage.file').decode().splitlines():
+        parts = line.split(None, 2)
+        if parts[0] == 'sharer':
+            rep['sharers'].append(parts[2])
+        else:
+            rep[parts[0]] = int(parts[1]) if parts[1].isdigit() else parts[1]
+    return rep
+
+
 def sanitizer_report(text):
     """The part of a log from the first sanitizer report on, or ''."""
     hits = [text.find(m) for m in SANITIZER_MARKS if m in text]

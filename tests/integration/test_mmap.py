@@ -3,7 +3,8 @@
 Files are opened direct_io, so the kernel keeps no second copy. libfuse 3.14
 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP, so a shared writable map fails with
 ENODEV then, while private maps (exec, read-only loaders) work. The
-allow_mmap option trades the second copy for shared maps.
+allow_mmap option trades the second copy for shared maps; cache_mode=kernel
+gives them without one.
 """
 
 import errno
@@ -48,6 +49,12 @@ class AllowMmap(sp.MountTestCase):
         self.assertEqual(self.m.stop(), 0)
         self.assertEqual(sp.read_file(self.m.bpath('f'))[4094:4103],
                          b'xxhelloxx')
+
+
+class KernelCacheMode(AllowMmap):
+    # The kernel caches the files and samepage keeps no copy: shared maps
+    # work as with allow_mmap, without the second copy.
+    mount_opts = ('cache_mode=kernel',)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ and SAMEPAGE_MODEL_OPS to change the number of operations.
 """
 
 import collections
+import mmap
 import os
 import random
 import sys
@@ -48,8 +49,12 @@ class Obj(sp.FileModel):
 
 
 class ModelRun:
-    def __init__(self, m, seed, nops, want_stats=False, max_off=MAX_OFF):
+    def __init__(self, m, seed, nops, want_stats=False, max_off=MAX_OFF,
+                 map_ops=False):
         self.m = m
+        # Shared maps, as fsx does them: only where the kernel caches the
+        # files (cache_mode=kernel); direct I/O files refuse them.
+        self.ops = self.OPS + (self.MAP_OPS if map_ops else [])
         self.max_off = max_off
         self.want_stats = want_stats
         self.seed = seed
@@ -319,6 +324,54 @@ class ModelRun:
         self.fd_for(name)
         self.verify(name)
 
+    def _map_range(self, name):
+        """fd, model, offset and length of a range inside the file (a
+        map cannot grow it), or None for an empty file."""
+        fd = self.fd_for(name)
+        obj = self.fds[name][1]
+        if not obj.data:
+            return None
+        off = self.rng.randrange(len(obj.data))
+        n = min(self.rand_len(), len(obj.data) - off)
+        return fd, obj, off, n
+
+    def op_mapwrite(self):
+        name = self.rng.choice(NAMES)
+        got = self._map_range(name)
+        if not got:
+            return self.op_write()
+        fd, obj, off, n = got
+        data = os.urandom(n)
+        self.log.append(f'mapwrite {name} {off}+{n}')
+        mm = mmap.mmap(fd, len(obj.data), mmap.MAP_SHARED)
+        try:
+            mm[off:off + n] = data
+            if self.rng.random() < 0.5:
+                mm.flush()
+        finally:
+            mm.close()
+        obj.write(off, data)
+        self.verify(name)
+
+    def op_mapread(self):
+        name = self.rng.choice(NAMES)
+        got = self._map_range(name)
+        if not got:
+            return self.op_read()
+        fd, obj, off, n = got
+        self.log.append(f'mapread {name} {off}+{n}')
+        mm = mmap.mmap(fd, len(obj.data), mmap.MAP_SHARED, mmap.PROT_READ)
+        try:
+            data = mm[off:off + n]
+        finally:
+            mm.close()
+        if data != bytes(obj.data[off:off + n]):
+            raise AssertionError(f'mapread {name} {off}+{n} differs from '
+                                 f'the model at byte '
+                                 f'{sp.first_diff(data, obj.data[off:])}')
+
+    MAP_OPS = [('op_mapwrite', 6), ('op_mapread', 4)]
+
     OPS = [('op_write', 24), ('op_read', 14), ('op_truncate', 6),
            ('op_punch', 6), ('op_fsync', 5), ('op_reopen', 6),
            ('op_recreate', 2), ('op_rename', 4), ('op_unlink', 3),
@@ -338,8 +391,8 @@ class ModelRun:
             self.verify(name)
 
     def run(self, prefill=False):
-        names = [o for o, _ in self.OPS]
-        weights = [w for _, w in self.OPS]
+        names = [o for o, _ in self.ops]
+        weights = [w for _, w in self.ops]
         try:
             if prefill:
                 self.prefill()
@@ -425,6 +478,36 @@ class RandomOpsTinyCache(sp.MountTestCase):
         self.assertGreater(st['evictions'], 0, st)
         self.assertGreater(st['backing_write_bytes'], 0, st)
         self.assertLessEqual(st['cache_bytes'], 1 << 20, st)
+
+
+class RandomOpsKernelMode(sp.MountTestCase):
+    # The kernel caches every file: its pages (shared maps too, as fsx
+    # drives them), our write-through and the frames of clones must agree
+    # after every operation.
+    mount_opts = ('cache_size=64M', 'cache_mode=kernel')
+
+    def test_random_ops_kernel_mode(self):
+        seed = _seed()
+        sys.stderr.write(f'\n  seed {seed}\n')
+        run = ModelRun(self.m, seed, _nops(2000), want_stats=True,
+                       map_ops=True)
+        run.run()
+        self.assertGreater(run.final_stats['direct_read_pages'], 0,
+                           run.final_stats)
+
+
+class RandomOpsAutoMode(sp.MountTestCase):
+    # Files start in kernel mode; copies made by copy_file_range are found
+    # by their reads and move to shared mode at their next open, while a
+    # tiny cache evicts and writes back all the time.
+    mount_opts = ('cache_size=1M', 'writeback_ms=5', 'cache_mode=auto')
+
+    def test_random_ops_auto_mode_switches(self):
+        seed = _seed()
+        sys.stderr.write(f'\n  seed {seed}\n')
+        run = ModelRun(self.m, seed, _nops(2000), want_stats=True,
+                       max_off=MAX_OFF_TINY)
+        run.run(prefill=True)
 
 
 if __name__ == '__main__':

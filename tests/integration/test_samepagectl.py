@@ -42,6 +42,7 @@ GAUGES = {
     'frames_dirty', 'files_cached', 'general_profit', 'stable_chains',
     'files_kept', 'uring_fallbacks', 'free_frame_bytes', 'store_files',
     'store_pages', 'store_distinct', 'store_bytes', 'store_paused',
+    'files_kernel_mode', 'files_shared_mode',
 }
 # What persistence reports (the state store's counters).
 STORE_COUNTERS = {

@@ -335,15 +335,7 @@ def read_and_scan(m, fds):
 
 
 def file_report(m, name):
-    rep = {'sharers': []}
-    for line in os.getxattr(m.path(name), 'samepage.file').decode() \
-            .splitlines():
-        parts = line.split(None, 2)
-        if parts[0] == 'sharer':
-            rep['sharers'].append(parts[2])
-        else:
-            rep[parts[0]] = int(parts[1])
-    return rep
+    return sp.file_report(m.path(name))
 
 
 class ScopeUid(sp.MountTestCase):

@@ -1,0 +1,145 @@
+"""Caching modes (-o cache_mode): who caches a file, and switching.
+
+In kernel mode the kernel caches the file (no direct I/O) and samepage keeps
+no frames of it; in shared mode samepage caches and merges it. With auto,
+each file's mode is chosen at the first open of a period in which it has
+handles open: kernel, unless it is known to share (a shared extent, the
+store, or what its kernel-mode reads found). Bytes must be right across
+every switch, with writers, with changes behind the mount, and in the
+kernel's cache kept between opens.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sp  # noqa: E402
+import test_reflink  # noqa: E402
+
+MiB = 1 << 20
+PAGE = 4096
+
+
+def mode_of(path):
+    return sp.file_report(path)['cache_mode']
+
+
+class KernelMode(sp.MountTestCase):
+    mount_opts = ('cache_size=64M', 'cache_mode=kernel')
+
+    def test_hot_reads_stay_in_the_kernel_and_no_frames_are_kept(self):
+        data = os.urandom(8 * MiB)
+        sp.write_synced(self.m.bpath('u'), data)
+        p = self.m.path('u')
+        self.assertEqual(sp.read_file(p), data)
+        st1 = self.m.stats()
+        self.assertEqual(st1['direct_read_pages'], len(data) // PAGE, st1)
+        self.assertLess(st1['cache_bytes'], 1 * MiB, st1)
+        self.assertEqual(mode_of(p), 'kernel')
+        # Read again, through a new open: the kernel kept its pages.
+        self.assertEqual(sp.read_file(p), data)
+        st2 = self.m.stats()
+        self.assertEqual(st2['direct_read_pages'], st1['direct_read_pages'])
+        self.assertEqual(st2['backing_read_bytes'], st1['backing_read_bytes'])
+
+    def test_change_behind_the_mount_is_seen_at_next_open(self):
+        p, b = self.m.path('f'), self.m.bpath('f')
+        sp.write_synced(b, b'a' * (2 * PAGE))
+        self.assertEqual(sp.read_file(p), b'a' * (2 * PAGE))
+        st = os.stat(b)
+        sp.write_synced(b, b'b' * (2 * PAGE))
+        # Same size, and the mtime put back: the ctime still moves.
+        os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+        self.assertEqual(sp.read_file(p), b'b' * (2 * PAGE))
+
+    def test_writes_reach_the_backing_file_and_other_readers(self):
+        p = self.m.path('w')
+        sp.write_file(p, b'x' * (3 * PAGE))
+        with open(p, 'r+b') as f, open(p, 'rb') as g:
+            f.seek(PAGE + 100)
+            f.write(b'hello')
+            f.flush()
+            g.seek(PAGE + 98)
+            self.assertEqual(g.read(9), b'xxhelloxx')
+        # Written through: on the backing file before any writeback.
+        self.assertEqual(sp.read_file(self.m.bpath('w'))[PAGE + 100:
+                                                        PAGE + 105],
+                         b'hello')
+        self.assertLess(self.m.stats()['cache_bytes'], 1 * MiB)
+
+
+class AutoMode(sp.MountTestCase):
+    mount_opts = ('cache_size=64M', 'cache_mode=auto')
+
+    def test_unique_file_kernel_copies_found_and_moved_to_shared(self):
+        data = os.urandom(4 * MiB)
+        for n in ('a', 'b'):
+            sp.write_synced(self.m.bpath(n), data)
+        unique = os.urandom(4 * MiB)
+        sp.write_synced(self.m.bpath('u'), unique)
+        for n in ('u', 'a', 'b'):
+            self.assertEqual(mode_of(self.m.path(n)), 'none')
+        self.assertEqual(sp.read_file(self.m.path('u')), unique)
+        for n in ('a', 'b'):
+            self.assertEqual(sp.read_file(self.m.path(n)), data)
+        # Reading b found a's pages (both in kernel mode, nothing
+        # resident): both are marked, the unique file is not.
+        for n in ('u', 'a', 'b'):
+            self.assertEqual(mode_of(self.m.path(n)), 'kernel', n)
+        self.assertEqual(sp.file_report(self.m.path('u'))['sharing_found'], 0)
+        self.assertGreater(sp.file_report(self.m.path('a'))['sharing_found'],
+                           0)
+        # Next open: shared, and merged.
+        for n in ('a', 'b'):
+            self.assertEqual(sp.read_file(self.m.path(n)), data)
+            self.assertEqual(mode_of(self.m.path(n)), 'shared', n)
+        self.assertEqual(mode_of(self.m.path('u')), 'kernel')
+        st = self.m.stats()
+        self.assertEqual(st['mode_switches'], 2, st)
+        self.assertGreaterEqual(st['pages_sharing'],
+                                0.9 * len(data) // PAGE, st)
+
+    def test_bytes_right_across_switches_with_writers(self):
+        data = os.urandom(64 * PAGE)
+        for n in ('a', 'b'):
+            sp.write_synced(self.m.bpath(n), data)
+        pa = self.m.path('a')
+        for n in ('a', 'b'):
+            self.assertEqual(sp.read_file(self.m.path(n)), data)
+        # a is in the kernel's cache; it moves to shared at this open and
+        # is written there, bypassing the kernel's pages of it.
+        with open(pa, 'r+b') as f:
+            f.seek(5 * PAGE)
+            f.write(b'N' * PAGE)
+        self.assertEqual(mode_of(pa), 'shared')
+        want = data[:5 * PAGE] + b'N' * PAGE + data[6 * PAGE:]
+        self.assertEqual(sp.read_file(pa), want)
+        self.assertEqual(sp.read_file(self.m.path('b')), data)
+        # Written behind the mount while closed: whatever mode comes
+        # next, the new bytes are read.
+        with open(self.m.bpath('a'), 'r+b') as f:
+            f.seek(7 * PAGE)
+            f.write(b'Q' * 10)
+        want = want[:7 * PAGE] + b'Q' * 10 + want[7 * PAGE + 10:]
+        self.assertEqual(sp.read_file(pa), want)
+        self.assertEqual(self.m.stop(), 0)
+        self.assertEqual(sp.read_file(self.m.bpath('a')), want)
+
+
+class AutoModeReflinks(test_reflink.ReflinkCase):
+    mount_opts = ('cache_size=256M', 'cache_mode=auto')
+
+    def test_reflinked_clones_are_shared_at_first_open(self):
+        names, data = self.clones(8 * MiB, 4)
+        for n in names:
+            self.assertEqual(sp.read_file(self.m.path(n)), data, n)
+            self.assertEqual(mode_of(self.m.path(n)), 'shared', n)
+        st = self.m.stats()
+        self.assertEqual(st['mode_switches'], 0, st)
+        self.assertEqual(st['direct_read_pages'], 0, st)
+        self.assertGreaterEqual(st['reflink_merges'],
+                                0.95 * 3 * len(data) // PAGE, st)
+
+
+if __name__ == '__main__':
+    sp.main()
