@@ -78,6 +78,9 @@ struct cfile {
 	struct pidx pidx;                   /* pidx_lock */
 	uint64_t size;                      /* pidx_lock */
 	uint64_t backing_size;              /* pidx_lock; size on disk */
+	uint64_t fill_seq;                  /* pidx_lock (write): fills begun,
+					     * so that dedup asks what holds
+					     * for a whole fill once */
 	/* written under pidx_lock (write), read under pidx_lock */
 	struct cfile_ident ident;
 	_Atomic int64_t mtime_ns;           /* last write through the mount */

@@ -134,7 +134,8 @@ struct cache_share_ops {
 	 * known to hold the same data (same physical block of a reflink, or
 	 * the fingerprint persisted for this page), or to the zero frame for
 	 * an unwritten extent. Returns that fid (mapped and counted) or 0.
-	 * f's pidx_lock is held for writing, map_lock is NOT (taken inside). */
+	 * f's pidx_lock is held for writing, map_lock is NOT (taken inside);
+	 * f->fill_seq names the fill, whose pages are looked up in a row. */
 	uint32_t (*lookup_fill)(void *ctx, struct cfile *f, uint64_t index);
 	/* The fresh frame fid is about to be filled for (f, index): note what
 	 * is known of it (physical block, persisted fingerprint). Same locks

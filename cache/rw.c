@@ -87,6 +87,7 @@ int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 	}
 
 	pthread_rwlock_wrlock(&f->pidx_lock);
+	f->fill_seq++;
 	bsize = f->backing_size;
 	for (unsigned i = 0; i < n; i++) {
 		uint32_t fid = pidx_lookup(&f->pidx, idx[i]);
