@@ -30,7 +30,7 @@
  *                  holder of itab->lock that finds an owner through
  *                  cfile_owner() sees a live inode it may pin).
  *   inode->lock    cf, cf_writable, the open counters,
- *                  mtime_floor_ns.
+ *                  mtime_floor_ns, the caching mode fields.
  *   cache locks    (cache.h) may be taken under either of the above; the
  *                  cache never calls back into this module.
  *   fd, dev, ino and type are immutable after creation. While a handle of

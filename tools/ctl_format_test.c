@@ -237,6 +237,21 @@ static void test_file(void)
 	free(out);
 	ctl_file_report_free(&r);
 
+	/* The caching mode and what a kernel-mode file's reads found. */
+	CHECK(ctl_parse_file("resident_pages 0\ncache_mode kernel\n"
+			     "sharing_found 3\n", &r, &bad) == 0);
+	CHECK(!strcmp(r.mode, "kernel") && r.sharing_found == 3);
+	capture_start(&c);
+	CHECK(ctl_fmt_file(c.f, "/m/k", &r) == 0);
+	out = capture_end(&c);
+	CHECK(strstr(out, "cached by the kernel (cache_mode kernel); other "
+			  "files hold its pages too\n"));
+	free(out);
+	ctl_file_report_free(&r);
+	CHECK(ctl_parse_file("cache_mode\n", &r, &bad) == -EINVAL && bad == 1);
+	CHECK(ctl_parse_file("cache_mode a-word-far-too-long\n", &r, &bad) ==
+	      -EINVAL && bad == 1);
+
 	CHECK(ctl_parse_file("resident_pages x\n", &r, &bad) == -EINVAL &&
 	      bad == 1);
 	CHECK(ctl_parse_file("resident_pages 1\nsharer 5\n", &r, &bad) ==
