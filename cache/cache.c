@@ -169,22 +169,42 @@ void cache_unmap_page(struct cache *c, struct cfile *f, uint64_t index,
 	pthread_mutex_unlock(&c->map_lock);
 }
 
+/* The frame may go: nothing pins it, and it is clean and settled. The
+ * pidx_lock of every mapper held (no new pin can appear), map_lock too. */
+static bool frame_unused_locked(struct frame *fr)
+{
+	return !atomic_load(&fr->pins) &&
+	       !(frame_flags(fr) & (F_DIRTY | F_IO | F_WB | F_FREE));
+}
+
+/* Take the n mappings m of frame fid away and free it; the same locks. */
+static void drop_frame_locked(struct cache *c, uint32_t fid,
+			      const struct mapper *m, unsigned n)
+{
+	struct frame *fr = cache_frame(c, fid);
+
+	share_forget(c, fid, fr);
+	for (unsigned i = 0; i < n; i++) {
+		if (pidx_lookup(&m[i].file->pidx, m[i].index) == fid)
+			pidx_erase(&m[i].file->pidx, m[i].index);
+		frame_del_mapper(&c->ft, fid, m[i].file, m[i].index);
+	}
+	if (!(frame_flags(fr) & F_FREE))
+		free_frame_locked(c, fid);
+}
+
 bool cache_drop_page_locked(struct cache *c, struct cfile *f, uint64_t index,
 			    uint32_t fid)
 {
 	struct frame *fr = cache_frame(c, fid);
+	struct mapper m;
 
-	/* With f's index locked, the only mapper's page gains no pin. */
-	if (fid < FID_FIRST || fr->nmappers != 1 || atomic_load(&fr->pins) ||
-	    (frame_flags(fr) & (F_DIRTY | F_IO | F_WB | F_FREE | F_ZERO)))
+	if (fid < FID_FIRST || fr->nmappers != 1 || !frame_unused_locked(fr))
 		return false;
-	if (frame_owner(&c->ft, fr).file != f)
+	m = frame_owner(&c->ft, fr);
+	if (m.file != f || m.index != index)
 		return false;
-	share_forget(c, fid, fr);
-	pidx_erase(&f->pidx, index);
-	frame_del_mapper(&c->ft, fid, f, index);
-	if (!(frame_flags(fr) & F_FREE))
-		free_frame_locked(c, fid);
+	drop_frame_locked(c, fid, &m, 1);
 	return true;
 }
 
@@ -213,18 +233,9 @@ static bool evict_one(struct cache *c, uint32_t fid)
 			goto out_unlock;
 		locked[nlocked++] = m[i].file;
 	}
-	/* With every mapper's index locked, no new pin can appear. */
-	if (atomic_load(&fr->pins) ||
-	    (frame_flags(fr) & (F_DIRTY | F_IO | F_WB | F_FREE)))
+	if (!frame_unused_locked(fr))
 		goto out_unlock;
-	share_forget(c, fid, fr);
-	for (unsigned i = 0; i < n; i++) {
-		if (pidx_lookup(&m[i].file->pidx, m[i].index) == fid)
-			pidx_erase(&m[i].file->pidx, m[i].index);
-		frame_del_mapper(&c->ft, fid, m[i].file, m[i].index);
-	}
-	if (!(frame_flags(fr) & F_FREE))
-		free_frame_locked(c, fid);
+	drop_frame_locked(c, fid, m, n);
 	ok = true;
 out_unlock:
 	while (nlocked)

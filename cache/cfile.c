@@ -557,22 +557,22 @@ out:
 
 int cfile_set_kernel_mode(struct cfile *f, bool on)
 {
-	int ret = 0;
+	int ret;
 
-	if (on && !atomic_load(&f->kernel_mode)) {
-		pthread_rwlock_rdlock(&f->inval_lock);
-		ret = cfile_writeback_locked(f);
-		pthread_rwlock_unlock(&f->inval_lock);
-		if (ret)
-			return ret;
-	}
 	/* Evidence of sharing is kept while the file leaves kernel mode,
 	 * so that auto does not bring it straight back. */
-	if (on)
-		atomic_store(&f->sharing_found, 0);
-	atomic_store(&f->kernel_mode, on);
-	if (on)
-		cache_drop_private(f, 0, UINT64_MAX);
+	if (!on) {
+		atomic_store(&f->kernel_mode, false);
+		return 0;
+	}
+	pthread_rwlock_rdlock(&f->inval_lock);
+	ret = cfile_writeback_locked(f);
+	pthread_rwlock_unlock(&f->inval_lock);
+	if (ret)
+		return ret;
+	atomic_store(&f->sharing_found, 0);
+	atomic_store(&f->kernel_mode, true);
+	cache_drop_private(f, 0, UINT64_MAX);
 	return 0;
 }
 

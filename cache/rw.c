@@ -349,13 +349,13 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 	memset(rc->fids, 0, sizeof(rc->fids));
 	if (len > (size_t)CACHE_MAX_IO_PAGES * PG)
 		len = (size_t)CACHE_MAX_IO_PAGES * PG;
+	if (atomic_load(&f->kernel_mode))
+		return cache_read_direct(f, off, len, rc);
 	size = cfile_size(f);
 	if (off >= size || !len)
 		return 0;
 	if (len > size - off)
 		len = size - off;
-	if (atomic_load(&f->kernel_mode))
-		return cache_read_direct(f, off, len, rc);
 	first = off >> CACHE_PAGE_SHIFT;
 	last = (off + len - 1) >> CACHE_PAGE_SHIFT;
 	npages = (unsigned)(last - first + 1);

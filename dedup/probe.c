@@ -52,7 +52,6 @@ static bool ghost_match(struct dedup *d, struct cfile *f, const struct fp *h,
 {
 	uint64_t key = (h->lo ^ (uint64_t)scope << 48) | 1;
 	uint64_t *seen;
-	bool added;
 
 	if (h->lo & (GHOST_SAMPLE - 1))
 		return false;
@@ -68,7 +67,7 @@ static bool ghost_match(struct dedup *d, struct cfile *f, const struct fp *h,
 		u64map_fini(&d->ghost);
 		u64map_init(&d->ghost);
 	}
-	u64map_put(&d->ghost, key, f->map_number, &added);
+	u64map_put(&d->ghost, key, f->map_number, NULL);
 	return false;
 }
 

@@ -54,15 +54,29 @@ struct extmap {
 	struct extent e[];
 };
 
+/* struct fiemap ends in a flexible array: room for a batch, aligned. */
+union fiemap_buf {
+	struct fiemap fm;
+	char room[sizeof(struct fiemap) +
+		  FIEMAP_BATCH * sizeof(struct fiemap_extent)];
+};
+
+/* Up to FIEMAP_BATCH extents of fd from start on, into q->fm. */
+static int fiemap_batch(int fd, uint64_t start, uint32_t flags,
+			union fiemap_buf *q)
+{
+	memset(&q->fm, 0, sizeof(q->fm));
+	q->fm.fm_start = start;
+	q->fm.fm_length = FIEMAP_MAX_OFFSET - start;
+	q->fm.fm_extent_count = FIEMAP_BATCH;
+	q->fm.fm_flags = flags;
+	return ioctl(fd, FS_IOC_FIEMAP, &q->fm) < 0 ? -errno : 0;
+}
+
 /* Read f's extent map, stamped with the identity f had just before. */
 static struct extmap *extmap_read(struct cfile *f)
 {
-	/* struct fiemap ends in a flexible array: room for it, aligned. */
-	union {
-		struct fiemap fm;
-		char room[sizeof(struct fiemap) +
-			  FIEMAP_BATCH * sizeof(struct fiemap_extent)];
-	} q;
+	union fiemap_buf q;
 	struct extmap *m = calloc(1, sizeof(*m));
 	uint64_t start = 0;
 	uint32_t cap = 0;
@@ -76,15 +90,10 @@ static struct extmap *extmap_read(struct cfile *f)
 		return m;
 	}
 	for (;;) {
-		memset(&q.fm, 0, sizeof(q.fm));
-		q.fm.fm_start = start;
-		q.fm.fm_length = FIEMAP_MAX_OFFSET - start;
-		q.fm.fm_extent_count = FIEMAP_BATCH;
 		/* Flush what the backing file system still holds in its own
 		 * page cache (writes behind the mount): before that, a
 		 * rewritten block still looks shared, or unwritten. */
-		q.fm.fm_flags = FIEMAP_FLAG_SYNC;
-		if (ioctl(fd, FS_IOC_FIEMAP, &q.fm) < 0) {
+		if (fiemap_batch(fd, start, FIEMAP_FLAG_SYNC, &q)) {
 			m->unsupported = true;
 			m->n = 0;
 			return m;
@@ -125,23 +134,15 @@ static struct extmap *extmap_read(struct cfile *f)
 
 bool reflink_file_shared(struct cfile *f)
 {
-	union {
-		struct fiemap fm;
-		char room[sizeof(struct fiemap) +
-			  FIEMAP_BATCH * sizeof(struct fiemap_extent)];
-	} q;
+	union fiemap_buf q;
+	int ret;
 
 	/* The first extents tell a clone from a file that shares nothing;
 	 * without FIEMAP_FLAG_SYNC this costs no I/O. */
-	int ret;
-
-	memset(&q.fm, 0, sizeof(q.fm));
-	q.fm.fm_length = FIEMAP_MAX_OFFSET;
-	q.fm.fm_extent_count = FIEMAP_BATCH;
 	pthread_rwlock_rdlock(&f->inval_lock); /* f->fd */
-	ret = ioctl(f->fd, FS_IOC_FIEMAP, &q.fm);
+	ret = fiemap_batch(f->fd, 0, 0, &q);
 	pthread_rwlock_unlock(&f->inval_lock);
-	if (ret < 0)
+	if (ret)
 		return false;
 	for (uint32_t i = 0; i < q.fm.fm_mapped_extents; i++)
 		if (q.fm.fm_extents[i].fe_flags & FIEMAP_EXTENT_SHARED)

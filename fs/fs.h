@@ -38,7 +38,6 @@ struct spfs {
 	struct dedup *dedup;
 	bool          readonly;
 	bool          allow_mmap;    /* files not direct_io: shared mmap works */
-	int           cache_mode;    /* enum opts_cache_mode */
 	bool          as_root;       /* euid 0: create as the caller */
 	uid_t         owner_uid;     /* getuid(): may tune the daemon */
 	double        timeout;       /* entry and attribute validity, s */

@@ -88,7 +88,6 @@ static int spfs_setup(struct spfs *fs, const struct opts *o)
 	fs->backing_len = strlen(o->backing);
 	fs->readonly = o->readonly;
 	fs->allow_mmap = o->allow_mmap;
-	fs->cache_mode = o->cache_mode;
 	fs->as_root = geteuid() == 0;
 	fs->owner_uid = getuid();
 	fs->timeout = 1.0;

@@ -103,9 +103,9 @@ static int ops_open_mode(struct spfs *fs, struct inode *in, struct cfile *cf,
 
 	pthread_mutex_lock(&in->lock);
 	if (!in->mode_set) {
-		bool want = fs->cache_mode == OPTS_MODE_KERNEL ||
-			    (fs->cache_mode == OPTS_MODE_AUTO &&
-			     ops_auto_kernel(fs, cf));
+		enum opts_cache_mode mode = fs->opts->cache_mode;
+		bool want = mode == OPTS_MODE_KERNEL ||
+			    (mode == OPTS_MODE_AUTO && ops_auto_kernel(fs, cf));
 
 		ret = cfile_set_kernel_mode(cf, want);
 		if (ret)

@@ -238,6 +238,16 @@ static uint64_t opts_memory_bytes(void)
 	return lim && lim < mem ? lim : mem;
 }
 
+/* The position of arg among the n words (an enum's values in order), or
+ * -1 if it is none of them. */
+static int opts_word(const char *arg, const char *const *words, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (!strcmp(arg, words[i]))
+			return i;
+	return -1;
+}
+
 static int opts_check_values(struct opts *o)
 {
 	int ret;
@@ -302,32 +312,28 @@ static int opts_check_values(struct opts *o)
 	}
 
 	if (o->scope_arg) {
-		if (!strcmp(o->scope_arg, "global")) {
-			o->dedup_scope = OPTS_SCOPE_GLOBAL;
-		} else if (!strcmp(o->scope_arg, "uid")) {
-			o->dedup_scope = OPTS_SCOPE_UID;
-		} else if (!strcmp(o->scope_arg, "none")) {
-			o->dedup_scope = OPTS_SCOPE_NONE;
-		} else {
+		static const char *const scopes[] = { "global", "uid", "none" };
+		int k = opts_word(o->scope_arg, scopes, 3);
+
+		if (k < 0) {
 			opts_error("invalid value for option dedup_scope: '%s' "
 				   "(expected global, uid or none)",
 				   o->scope_arg);
 			return -1;
 		}
+		o->dedup_scope = (enum opts_scope)k;
 	}
 	if (o->mode_arg) {
-		if (!strcmp(o->mode_arg, "shared")) {
-			o->cache_mode = OPTS_MODE_SHARED;
-		} else if (!strcmp(o->mode_arg, "kernel")) {
-			o->cache_mode = OPTS_MODE_KERNEL;
-		} else if (!strcmp(o->mode_arg, "auto")) {
-			o->cache_mode = OPTS_MODE_AUTO;
-		} else {
+		static const char *const modes[] = { "shared", "kernel", "auto" };
+		int k = opts_word(o->mode_arg, modes, 3);
+
+		if (k < 0) {
 			opts_error("invalid value for option cache_mode: '%s' "
 				   "(expected shared, kernel or auto)",
 				   o->mode_arg);
 			return -1;
 		}
+		o->cache_mode = (enum opts_cache_mode)k;
 	}
 	return 0;
 }

@@ -29,6 +29,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* In the order of their names in opts.c. */
 enum opts_scope {
 	OPTS_SCOPE_GLOBAL,
 	OPTS_SCOPE_UID,
@@ -36,7 +37,8 @@ enum opts_scope {
 };
 
 /* Who caches a file's pages (fs/ops_file.c): samepage's shared cache, the
- * kernel, or the choice at each open. */
+ * kernel, or the choice at each open; in the order of their names in
+ * opts.c. */
 enum opts_cache_mode {
 	OPTS_MODE_SHARED,
 	OPTS_MODE_KERNEL,
