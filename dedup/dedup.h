@@ -110,6 +110,15 @@ void dedup_flush(struct dedup *d);
  * FIEMAP), or records in the store under the identity f has now (its
  * pages were shared before). No lock held. */
 bool dedup_file_shares(struct dedup *d, struct cfile *f);
+/* Has f, cached in shared mode, stopped sharing? Asked again only once
+ * two more full scans have run since *since (dedup_full_scans() when it
+ * entered shared mode, updated here): then true if no extent of it is
+ * shared with another file and it has resident pages, none mapping a
+ * frame another page maps. Its store records are then forgotten. No lock
+ * held. */
+bool dedup_file_stopped_sharing(struct dedup *d, struct cfile *f,
+				uint64_t *since);
+uint64_t dedup_full_scans(struct dedup *d);
 /* A file lost its last name (through the mount): its stored records go. */
 void dedup_file_deleted(struct dedup *d, uint64_t dev, uint64_t ino);
 /* Drop the stored records of files that no longer exist: exists() says

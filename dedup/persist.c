@@ -330,23 +330,6 @@ void persist_stats(struct dedup *d, struct dedup_stats *st)
 	st->store_queue_full = ss.queue_full;
 }
 
-bool dedup_file_shares(struct dedup *d, struct cfile *f)
-{
-	struct store_ident id;
-	uint64_t sid;
-
-	if (d->scope == DEDUP_SCOPE_NONE)
-		return false;
-	if (reflink_file_shared(f))
-		return true;
-	if (!d->store)
-		return false;
-	pthread_rwlock_rdlock(&f->pidx_lock);
-	persist_store_ident(&f->ident, &id);
-	pthread_rwlock_unlock(&f->pidx_lock);
-	return store_file_match(d->store, &id, &sid) == 0;
-}
-
 void dedup_file_deleted(struct dedup *d, uint64_t dev, uint64_t ino)
 {
 	if (d && d->store)

@@ -1,8 +1,10 @@
 /*
- * probe: is a page of a kernel-mode file held by other files too? The
- * front end caches a file in the kernel while nothing says it shares
- * (fs/ops_file.c); this is what the daemon learns while it serves that
- * file's misses, for the choice at the file's next open.
+ * probe: what cache_mode=auto asks of dedup when it picks who caches a
+ * file (fs/ops_file.c). Before a file is read: does anything known say it
+ * shares (dedup_file_shares)? While a kernel-mode file's misses are
+ * served: is a page it read held by other files too (dedup_probe)? And
+ * for a file in shared mode: has it stopped sharing
+ * (dedup_file_stopped_sharing)?
  *
  * Two places are asked: the stable tree (a resident frame with the same
  * bytes, confirmed by memcmp), and the ghost table, the fingerprints of
@@ -14,7 +16,7 @@
  * Locking: map_lock for both tables and for the file table; the file's
  * pidx_lock (read) for its owner.
  */
-#include "dedup_i.h"
+#include "persist_i.h"
 
 #include <string.h>
 
@@ -95,4 +97,56 @@ bool dedup_probe(void *ctx, struct cfile *f, const void *data)
 		ghost_match(d, f, &h, scope);
 	pthread_mutex_unlock(&d->c->map_lock);
 	return found;
+}
+
+bool dedup_file_shares(struct dedup *d, struct cfile *f)
+{
+	struct store_ident id;
+	uint64_t sid;
+
+	if (d->scope == DEDUP_SCOPE_NONE)
+		return false;
+	if (reflink_file_shared(f))
+		return true;
+	if (!d->store)
+		return false;
+	pthread_rwlock_rdlock(&f->pidx_lock);
+	persist_store_ident(&f->ident, &id);
+	pthread_rwlock_unlock(&f->pidx_lock);
+	return store_file_match(d->store, &id, &sid) == 0;
+}
+
+/* Two: the scan under way at *since may have passed the file's pages
+ * before they were read. */
+#define STOPPED_SCANS 2u
+
+bool dedup_file_stopped_sharing(struct dedup *d, struct cfile *f,
+				uint64_t *since)
+{
+	uint64_t scans = atomic_load(&d->full_scans);
+	struct cfile_share_summary sum;
+	struct cfile_ident ident;
+
+	if (d->scope == DEDUP_SCOPE_NONE)
+		return true;
+	if (scans < *since + STOPPED_SCANS)
+		return false;
+	*since = scans;
+	if (reflink_file_shared(f))
+		return false;
+	cfile_share_report(f, NULL, NULL, &sum);
+	if (sum.shared_pages || sum.resident_pages == sum.zero_pages)
+		return false;
+	/* Its records say it shared once: no more, or the next choice made
+	 * without resident pages would bring it straight back. */
+	pthread_rwlock_rdlock(&f->pidx_lock);
+	ident = f->ident;
+	pthread_rwlock_unlock(&f->pidx_lock);
+	dedup_file_deleted(d, ident.dev, ident.ino);
+	return true;
+}
+
+uint64_t dedup_full_scans(struct dedup *d)
+{
+	return atomic_load(&d->full_scans);
 }

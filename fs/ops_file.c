@@ -80,13 +80,27 @@ static int ops_modify_privs(fuse_req_t req, struct inode *in)
 	return inode_kill_suid(in);
 }
 
-/* cache_mode=auto: the kernel caches a file unless something known
- * without reading it says it shares pages. */
-static bool ops_auto_kernel(struct spfs *fs, struct cfile *cf)
+/*
+ * cache_mode=auto: the kernel caches a file unless something known
+ * without reading it says it shares pages. A file in shared mode stays
+ * there until whole scans found none of its resident pages shared (it
+ * then moves back); a kernel-mode file whose reads found its pages in
+ * other files moves to shared mode.
+ */
+static bool ops_auto_kernel(struct spfs *fs, struct inode *in,
+			    struct cfile *cf)
 {
-	if (cfile_sharing_found(cf))
-		return false;
-	return !fs->dedup || !dedup_file_shares(fs->dedup, cf);
+	bool kernel;
+
+	if (!fs->dedup)
+		return true;
+	if (in->mode_ever && !in->kernel_mode)
+		return dedup_file_stopped_sharing(fs->dedup, cf,
+						  &in->shared_since);
+	kernel = !cfile_sharing_found(cf) && !dedup_file_shares(fs->dedup, cf);
+	if (!kernel)
+		in->shared_since = dedup_full_scans(fs->dedup);
+	return kernel;
 }
 
 /*
@@ -105,7 +119,7 @@ static int ops_open_mode(struct spfs *fs, struct inode *in, struct cfile *cf,
 	if (!in->mode_set) {
 		enum opts_cache_mode mode = fs->opts->cache_mode;
 		bool want = mode == OPTS_MODE_KERNEL ||
-			    (mode == OPTS_MODE_AUTO && ops_auto_kernel(fs, cf));
+			    (mode == OPTS_MODE_AUTO && ops_auto_kernel(fs, in, cf));
 
 		ret = cfile_set_kernel_mode(cf, want);
 		if (ret)

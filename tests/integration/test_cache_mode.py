@@ -125,6 +125,33 @@ class AutoMode(sp.MountTestCase):
         self.assertEqual(self.m.stop(), 0)
         self.assertEqual(sp.read_file(self.m.bpath('a')), want)
 
+    def test_shared_file_that_stopped_sharing_moves_back(self):
+        data = os.urandom(64 * PAGE)
+        pa, pb = self.m.path('a'), self.m.path('b')
+        for n in ('a', 'b'):
+            sp.write_synced(self.m.bpath(n), data)
+        for _ in range(2):  # found by the kernel-mode reads, then shared
+            for p in (pa, pb):
+                self.assertEqual(sp.read_file(p), data)
+        self.assertEqual(mode_of(pa), 'shared')
+        self.m.scan()
+        self.assertGreater(sp.file_report(pa)['shared_pages'], 0)
+        # Still sharing after whole scans: it stays.
+        self.assertEqual(sp.read_file(pa), data)
+        self.assertEqual(mode_of(pa), 'shared')
+        # b is rewritten: nothing of a is shared any more. After whole
+        # scans a moves back to the kernel at its next open, and stays.
+        other = os.urandom(64 * PAGE)
+        sp.write_file(pb, other)
+        self.m.scan()
+        self.assertEqual(sp.file_report(pa)['shared_pages'], 0)
+        switches = self.m.stats()['mode_switches']
+        for _ in range(2):
+            self.assertEqual(sp.read_file(pa), data)
+            self.assertEqual(mode_of(pa), 'kernel')
+        self.assertEqual(self.m.stats()['mode_switches'], switches + 1)
+        self.assertEqual(sp.read_file(pb), other)
+
 
 class AutoModeReflinks(test_reflink.ReflinkCase):
     mount_opts = ('cache_size=256M', 'cache_mode=auto')

@@ -3,7 +3,9 @@
  * reads take no frame, writes are written through and keep none, entering
  * kernel mode writes back and drops the file's private pages but not the
  * frames it shares, and reads find other files holding the same bytes
- * (a resident frame, or another kernel-mode file's pages).
+ * (a resident frame, or another kernel-mode file's pages); a file in
+ * shared mode is said to have stopped sharing only after whole scans found
+ * none of its pages shared.
  */
 #include "testdedup.h"
 
@@ -144,6 +146,42 @@ static void test_reads_find_other_holders(void)
 	free_env(&e);
 }
 
+static void test_stopped_sharing_needs_scans_and_no_sharer(void)
+{
+	struct env e = new_env(64 << 20, NULL);
+	struct cfile *f[2], *u;
+	uint64_t since, before;
+
+	/* Two copies, resident and merged: they share. */
+	copies("kst", 2, LEN, 9, e.c, f);
+	for (int i = 0; i < 2; i++)
+		CHECK(tc_matches(f[i], 0, LEN, 9, NULL));
+	since = before = dedup_full_scans(e.d);
+	/* Too early: the scan under way may not have seen them. */
+	CHECK(!dedup_file_stopped_sharing(e.d, f[0], &since));
+	CHECK_EQ(since, before);
+	/* After whole scans: it shares; asked again only later. */
+	CHECK_EQ(dedup_scan_now(e.d, true), 0);
+	CHECK(!dedup_file_stopped_sharing(e.d, f[0], &since));
+	CHECK(since >= before + 2);
+	/* The other copy's pages go: too early again, then after the
+	 * scans nothing of f[0] is shared any more. */
+	CHECK_EQ(cache_invalidate_file(f[1]), 0);
+	cfile_put(f[1]);
+	CHECK(!dedup_file_stopped_sharing(e.d, f[0], &since));
+	CHECK_EQ(dedup_scan_now(e.d, true), 0);
+	CHECK(dedup_file_stopped_sharing(e.d, f[0], &since));
+	/* A file with no resident page gives no evidence either way. */
+	testfs_make("kst-none", LEN, 10);
+	u = tc_open(e.c, "kst-none");
+	since = 0;
+	CHECK_EQ(dedup_scan_now(e.d, true), 0);
+	CHECK(!dedup_file_stopped_sharing(e.d, u, &since));
+	cfile_put(u);
+	cfile_put(f[0]);
+	free_env(&e);
+}
+
 int main(void)
 {
 	testfs_init();
@@ -151,5 +189,6 @@ int main(void)
 	RUN(test_writes_go_through_and_keep_nothing);
 	RUN(test_entering_writes_back_drops_private_keeps_shared);
 	RUN(test_reads_find_other_holders);
+	RUN(test_stopped_sharing_needs_scans_and_no_sharer);
 	return CHECK_DONE();
 }
