@@ -181,6 +181,7 @@ int opts_parse(int argc, char *argv[], struct opts *o)
 	o->writeback_ms = 5000;
 	o->scan = true;
 	o->dedup_scope = OPTS_SCOPE_GLOBAL;
+	o->cache_mode = OPTS_MODE_AUTO;
 	if (fuse_opt_parse(&o->args, o, opts_spec, opts_proc) == -1)
 		return -1;
 	return 0;
@@ -624,9 +625,9 @@ void opts_usage(const char *prog)
 	       "    -o allow_mmap          let the kernel cache files too, so that\n"
 	       "                           shared mmap works (costs a second copy)\n"
 	       "    -o cache_mode=shared|kernel|auto\n"
-	       "                           who caches a file: samepage, merged\n"
-	       "                           (default), the kernel, or per file at\n"
-	       "                           open: the kernel unless it shares\n"
+	       "                           who caches a file: samepage, merged,\n"
+	       "                           the kernel, or per file at open: the\n"
+	       "                           kernel unless it shares (default auto)\n"
 	       "    -o ro                  read-only mount\n"
 	       "\n"
 	       "FUSE options:\n", prog);

@@ -244,8 +244,8 @@ static void test_file(void)
 	capture_start(&c);
 	CHECK(ctl_fmt_file(c.f, "/m/k", &r) == 0);
 	out = capture_end(&c);
-	CHECK(strstr(out, "cached by the kernel (cache_mode kernel); other "
-			  "files hold its pages too\n"));
+	CHECK(strstr(out, "cached by the kernel (cache_mode kernel); its reads "
+			  "found its pages in other files\n"));
 	free(out);
 	ctl_file_report_free(&r);
 	CHECK(ctl_parse_file("cache_mode\n", &r, &bad) == -EINVAL && bad == 1);

@@ -217,12 +217,13 @@ int ctl_fmt_file(FILE *f, const char *path, const struct ctl_file_report *r)
 	file_row(f, "dirty", r->dirty_pages, r->resident_pages);
 	if (!strcmp(r->mode, "kernel"))
 		fprintf(f, "  cached by the kernel (cache_mode kernel)%s\n",
-			r->sharing_found ? "; other files hold its pages too"
+			r->sharing_found ? "; its reads found its pages in"
+					   " other files"
 					 : "");
 	else if (!strcmp(r->mode, "shared"))
 		fprintf(f, "  cached by samepage, merged (cache_mode shared)\n");
 	if (!r->nsharers) {
-		fprintf(f, "  shares no pages with other files\n");
+		fprintf(f, "  shares no cached page with other files\n");
 		return ferror(f) ? -EIO : 0;
 	}
 	fprintf(f, "  shares pages with %zu other file%s:\n", r->nsharers,

@@ -162,6 +162,13 @@ def require_env():
         raise unittest.SkipTest(f'{SAMEPAGEFS} is not built')
 
 
+# The caching mode of a test mount that names none: samepage's shared cache,
+# which most tests are about (merging, eviction, writeback). Tests of what
+# a user sees with the defaults pass mode=None; test_cache_mode and the
+# model tests name their modes.
+TEST_MODE = 'shared'
+
+
 class MountError(Exception):
     pass
 
@@ -170,8 +177,11 @@ class Mount:
     """One samepagefs daemon on (backing, mnt); a context manager."""
 
     def __init__(self, opts=(), backing=None, mnt=None, foreground=True,
-                 extra_args=()):
-        self.opts = list(opts)
+                 extra_args=(), mode=TEST_MODE):
+        """mode: the cache_mode option unless opts name one; None mounts
+        with the daemon's default."""
+        self.mode = mode
+        self.opts = self._with_mode(opts)
         self.foreground = foreground
         self.extra_args = list(extra_args)
         self.tmp = tempfile.mkdtemp(prefix='sp-')
@@ -272,8 +282,14 @@ class Mount:
     def remount(self, opts=None):
         self.stop()
         if opts is not None:
-            self.opts = list(opts)
+            self.opts = self._with_mode(opts)
         return self.start()
+
+    def _with_mode(self, opts):
+        opts = list(opts)
+        if self.mode and not any(o.startswith('cache_mode=') for o in opts):
+            opts.append('cache_mode=' + self.mode)
+        return opts
 
     def cleanup(self):
         """Stop and remove the temp dir (never while anything is mounted)."""
