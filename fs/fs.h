@@ -42,6 +42,8 @@ struct spfs {
 	uid_t         owner_uid;     /* getuid(): may tune the daemon */
 	double        timeout;       /* entry and attribute validity, s */
 
+	_Atomic bool  read_ahead_set; /* bdi_set_read_ahead() was tried */
+
 	pthread_t     prune;         /* store pruning pass, if started */
 	bool          prune_started;
 

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bdi.h"
 #include "cache.h"
 #include "dedup.h"
 #include "log.h"
@@ -141,6 +142,24 @@ out:
 	return ret;
 }
 
+/* The kernel's readahead for the files it caches, set at the first open
+ * that has it cache one: by then the kernel has the INIT reply, which
+ * would put it back to at most 128 KiB. */
+static void ops_read_ahead_once(struct spfs *fs)
+{
+	unsigned kb = fs->opts->read_ahead_kb;
+	int ret;
+
+	if (!kb || atomic_load(&fs->read_ahead_set) ||
+	    atomic_exchange(&fs->read_ahead_set, true))
+		return;
+	ret = bdi_set_read_ahead(fs->opts->mountpoint, kb);
+	if (ret)
+		log_warn("could not set the kernel's readahead of %s to %u KiB "
+			 "(read_ahead_kb): %s", fs->opts->mountpoint, kb,
+			 strerror(-ret));
+}
+
 /* The common part of open and create; on success the handle is counted. */
 static int ops_open_inode(struct spfs *fs, struct inode *in,
 			  struct fuse_file_info *fi)
@@ -179,6 +198,8 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 	 * mmap works: libfuse 3.14 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP.
 	 * Kernel mode: the kernel's copy is the only one. */
 	fi->direct_io = !kernel && !fs->allow_mmap;
+	if (!fi->direct_io)
+		ops_read_ahead_once(fs);
 	fi->keep_cache = keep;
 	fi->noflush = !want_write;
 #ifdef HAVE_FUSE_PARALLEL_DIRECT_WRITES

@@ -20,6 +20,11 @@
 #define OPTS_MIN_CACHE   (1ull << 20)
 #define OPTS_MAX_DEFAULT (4ull << 30)
 #define OPTS_MAX_WB_MS   3600000u
+/* The kernel's readahead for the mount: 4 MiB (4 FUSE requests of 1 MiB
+ * in flight) streams a cold file about 3 times faster than its default
+ * of 128 KiB here; at most 1 GiB. */
+#define OPTS_DEFAULT_RA_KB 4096u
+#define OPTS_MAX_RA_KB   (1u << 20)
 
 enum {
 	KEY_HELP,
@@ -33,6 +38,7 @@ enum {
 	KEY_CACHE_SIZE,
 	KEY_STATE_DIR,
 	KEY_WRITEBACK,
+	KEY_READAHEAD,
 	KEY_SCAN,
 	KEY_SCOPE,
 	KEY_QUOTA,
@@ -57,6 +63,7 @@ static const struct fuse_opt opts_spec[] = {
 	FUSE_OPT_KEY("cache_size=", KEY_CACHE_SIZE),
 	FUSE_OPT_KEY("state_dir=", KEY_STATE_DIR),
 	FUSE_OPT_KEY("writeback_ms=", KEY_WRITEBACK),
+	FUSE_OPT_KEY("read_ahead_kb=", KEY_READAHEAD),
 	FUSE_OPT_KEY("scan=", KEY_SCAN),
 	FUSE_OPT_KEY("dedup_scope=", KEY_SCOPE),
 	FUSE_OPT_KEY("store_quota=", KEY_QUOTA),
@@ -140,6 +147,8 @@ static int opts_proc(void *data, const char *arg, int key,
 		return opts_set_str(&o->state_dir_arg, arg);
 	case KEY_WRITEBACK:
 		return opts_set_str(&o->writeback_arg, arg);
+	case KEY_READAHEAD:
+		return opts_set_str(&o->readahead_arg, arg);
 	case KEY_SCAN:
 		return opts_set_str(&o->scan_arg, arg);
 	case KEY_SCOPE:
@@ -182,6 +191,7 @@ int opts_parse(int argc, char *argv[], struct opts *o)
 	o->scan = true;
 	o->dedup_scope = OPTS_SCOPE_GLOBAL;
 	o->cache_mode = OPTS_MODE_AUTO;
+	o->read_ahead_kb = OPTS_DEFAULT_RA_KB;
 	if (fuse_opt_parse(&o->args, o, opts_spec, opts_proc) == -1)
 		return -1;
 	return 0;
@@ -249,6 +259,24 @@ static int opts_word(const char *arg, const char *const *words, int n)
 	return -1;
 }
 
+/* A whole number 0..max for option name, in unit; -1 (said) if not. */
+static int opts_unsigned(const char *name, const char *arg, const char *unit,
+			 unsigned max, unsigned *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(arg, &end, 10);
+	if (errno || *end || end == arg || *arg == '-' || v > max) {
+		opts_error("invalid value for option %s: '%s' "
+			   "(expected %s, 0 to %u)", name, arg, unit, max);
+		return -1;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
 static int opts_check_values(struct opts *o)
 {
 	int ret;
@@ -271,21 +299,14 @@ static int opts_check_values(struct opts *o)
 			o->cache_size = OPTS_MIN_CACHE;
 	}
 
-	if (o->writeback_arg) {
-		char *end;
-		unsigned long v;
-
-		errno = 0;
-		v = strtoul(o->writeback_arg, &end, 10);
-		if (errno || *end || end == o->writeback_arg ||
-		    *o->writeback_arg == '-' || v > OPTS_MAX_WB_MS) {
-			opts_error("invalid value for option writeback_ms: '%s' "
-				   "(expected milliseconds, 0 to %u)",
-				   o->writeback_arg, OPTS_MAX_WB_MS);
-			return -1;
-		}
-		o->writeback_ms = (unsigned)v;
-	}
+	if (o->writeback_arg &&
+	    opts_unsigned("writeback_ms", o->writeback_arg, "milliseconds",
+			  OPTS_MAX_WB_MS, &o->writeback_ms))
+		return -1;
+	if (o->readahead_arg &&
+	    opts_unsigned("read_ahead_kb", o->readahead_arg, "KiB",
+			  OPTS_MAX_RA_KB, &o->read_ahead_kb))
+		return -1;
 
 	if (o->scan_arg) {
 		if (!strcmp(o->scan_arg, "1")) {
@@ -593,6 +614,7 @@ void opts_free(struct opts *o)
 	free(o->cache_size_arg);
 	free(o->state_dir_arg);
 	free(o->writeback_arg);
+	free(o->readahead_arg);
 	free(o->scan_arg);
 	free(o->scope_arg);
 	free(o->quota_arg);
@@ -616,6 +638,8 @@ void opts_usage(const char *prog)
 	       "                           BACKING_DIR/.samepage, hidden)\n"
 	       "    -o writeback_ms=N      dirty data reaches the disk within N ms\n"
 	       "                           (default 5000)\n"
+	       "    -o read_ahead_kb=N     the kernel's readahead for files it\n"
+	       "                           caches (default 4096; 0: the kernel's)\n"
 	       "    -o scan=0|1            run the duplicate page scanner (default 1)\n"
 	       "    -o dedup_scope=global|uid|none\n"
 	       "                           which files may share pages (default global)\n"

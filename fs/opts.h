@@ -62,6 +62,7 @@ struct opts {
 
 	uint64_t cache_size;
 	unsigned writeback_ms;
+	unsigned read_ahead_kb;   /* the kernel's readahead for the mount */
 	bool scan;
 	enum opts_scope dedup_scope;
 	uint64_t store_quota;
@@ -73,6 +74,7 @@ struct opts {
 	char *cache_size_arg;
 	char *state_dir_arg;
 	char *writeback_arg;
+	char *readahead_arg;
 	char *scan_arg;
 	char *scope_arg;
 	char *quota_arg;

@@ -130,6 +130,7 @@ static void check_accepted(const struct opts *o)
 	FUZZ_CHECK(o->state_dir && o->state_dir[0] == '/');
 	FUZZ_CHECK(o->cache_size >= (1u << 20));
 	FUZZ_CHECK(o->writeback_ms <= 3600000u);
+	FUZZ_CHECK(o->read_ahead_kb <= (1u << 20));
 	FUZZ_CHECK(o->store_quota >= (1u << 20));
 	FUZZ_CHECK(o->dedup_scope == OPTS_SCOPE_GLOBAL ||
 		   o->dedup_scope == OPTS_SCOPE_UID ||

@@ -90,6 +90,11 @@ class BadInput(unittest.TestCase):
         self.assertRefused(['-o', 'cache_size=0', self.backing, self.mnt],
                            ['cache_size'])
 
+    def test_read_ahead_kb_not_a_number_or_too_large(self):
+        for bad in ('-1', '4M', str((1 << 20) + 1)):
+            self.assertRefused(['-o', 'read_ahead_kb=' + bad, self.backing,
+                                self.mnt], ['read_ahead_kb', bad])
+
     def test_unknown_option(self):
         self.assertRefused(['-o', 'cache_size=64M,bogus_knob=1', self.backing,
                             self.mnt], ['bogus_knob'])

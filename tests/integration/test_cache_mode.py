@@ -67,6 +67,27 @@ class KernelMode(sp.MountTestCase):
                          b'hello')
         self.assertLess(self.m.stats()['cache_bytes'], 1 * MiB)
 
+    def test_kernel_readahead_is_raised_at_the_first_open(self):
+        sp.write_synced(self.m.bpath('r'), b'r' * PAGE)
+        self.assertEqual(sp.read_file(self.m.path('r')), b'r' * PAGE)
+        self.assertEqual(bdi_read_ahead_kb(self.m.mnt), 4096)
+
+
+def bdi_read_ahead_kb(mnt):
+    dev = os.stat(mnt).st_dev
+    with open('/sys/class/bdi/%d:%d/read_ahead_kb' % (
+            os.major(dev), os.minor(dev))) as f:
+        return int(f.read())
+
+
+class KernelReadAheadOff(sp.MountTestCase):
+    mount_opts = ('cache_size=64M', 'cache_mode=kernel', 'read_ahead_kb=0')
+
+    def test_read_ahead_kb_0_leaves_the_kernels(self):
+        sp.write_synced(self.m.bpath('r'), b'r' * PAGE)
+        self.assertEqual(sp.read_file(self.m.path('r')), b'r' * PAGE)
+        self.assertLessEqual(bdi_read_ahead_kb(self.m.mnt), 1024)
+
 
 class AutoMode(sp.MountTestCase):
     mount_opts = ('cache_size=64M', 'cache_mode=auto')
