@@ -310,7 +310,8 @@ void dedup_destroy(struct dedup *d)
 	stree_fini(&d->stable);
 	stree_fini(&d->unstable);
 	stree_fini(&d->phys);
-	u64map_fini(&d->ghost);
+	u64map_fini(&d->ghost[0]);
+	u64map_fini(&d->ghost[1]);
 	pthread_mutex_unlock(&d->c->map_lock);
 	persist_close(d);
 	pthread_mutex_destroy(&d->scan_lock);

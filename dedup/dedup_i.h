@@ -52,9 +52,13 @@ struct dedup {
 	struct u64map scopes;               /* uid + 1 -> scope tag */
 	unsigned scope_next;
 	/* probe.c: fingerprints of pages kernel-mode files read, sampled
-	 * (key from the fingerprint and scope -> the reader's file number) */
-	struct u64map ghost;                /* map_lock */
-	size_t ghost_max;                   /* immutable: entries at most */
+	 * (key from the fingerprint and scope -> the reader's file number),
+	 * in two generations: the newer one takes the puts, and when it is
+	 * full the older one goes, so the newest reads are always known */
+	struct u64map ghost[2];             /* map_lock */
+	unsigned ghost_new;                 /* map_lock: the newer one */
+	size_t ghost_max;                   /* immutable: entries at most,
+					     * both generations */
 	unsigned ndevs;
 	_Atomic uint64_t content_merges, reflink_merges, hashes_computed,
 		full_scans;

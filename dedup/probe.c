@@ -9,9 +9,10 @@
  * Two places are asked: the stable tree (a resident frame with the same
  * bytes, confirmed by memcmp), and the ghost table, the fingerprints of
  * pages kernel-mode files read lately (one page in GHOST_SAMPLE, so that
- * a copy is still found and the table stays small). A ghost match is not
- * confirmed, the bytes are gone: a collision only moves a file to shared
- * mode, which serves the same bytes. Nothing is ever mapped here.
+ * a copy is still found and the table stays small; the older half goes
+ * when it is full). A ghost match is not confirmed, the bytes are gone:
+ * a collision only moves a file to shared mode, which serves the same
+ * bytes. Nothing is ever mapped here.
  *
  * Locking: map_lock for both tables and for the file table; the file's
  * pidx_lock (read) for its owner.
@@ -53,23 +54,29 @@ static bool ghost_match(struct dedup *d, struct cfile *f, const struct fp *h,
 			uint16_t scope)
 {
 	uint64_t key = (h->lo ^ (uint64_t)scope << 48) | 1;
+	struct u64map *young = &d->ghost[d->ghost_new];
+	struct u64map *old = &d->ghost[d->ghost_new ^ 1];
 	uint64_t *seen;
 
 	if (h->lo & (GHOST_SAMPLE - 1))
 		return false;
-	seen = u64map_find(&d->ghost, key);
+	seen = u64map_find(young, key);
+	if (!seen)
+		seen = u64map_find(old, key);
 	if (seen) {
 		if (*seen == f->map_number)
 			return false;
 		mark_file(d, (uint32_t)*seen);
 		return true;
 	}
-	if (d->ghost.len >= d->ghost_max) {
-		/* Full: start over, the newest reads matter most. */
-		u64map_fini(&d->ghost);
-		u64map_init(&d->ghost);
+	if (young->len >= d->ghost_max / 2) {
+		/* Full: the older generation goes, this one becomes it. */
+		u64map_fini(old);
+		u64map_init(old);
+		d->ghost_new ^= 1;
+		young = old;
 	}
-	u64map_put(&d->ghost, key, f->map_number, NULL);
+	u64map_put(young, key, f->map_number, NULL);
 	return false;
 }
 

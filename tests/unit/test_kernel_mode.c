@@ -8,6 +8,7 @@
  * none of its pages shared.
  */
 #include "testdedup.h"
+#include "dedup_i.h" /* the ghost table's bound */
 
 #define LEN (2u << 20)
 #define NPAGES (LEN / PG)
@@ -146,6 +147,49 @@ static void test_reads_find_other_holders(void)
 	free_env(&e);
 }
 
+static unsigned ghost_generation(struct env *e)
+{
+	unsigned g;
+
+	pthread_mutex_lock(&e->c->map_lock);
+	g = e->d->ghost_new;
+	CHECK(e->d->ghost[0].len + e->d->ghost[1].len <= e->d->ghost_max);
+	pthread_mutex_unlock(&e->c->map_lock);
+	return g;
+}
+
+/* The ghost table is bounded and, full, forgets its older half only: a
+ * copy read just before the table filled up is still found after. */
+static void test_ghost_table_keeps_the_newest_reads(void)
+{
+	struct env e = new_env(8 << 20, NULL);
+	uint64_t big = 64u << 20, off;
+	struct cfile *g[2], *u;
+	unsigned gen;
+
+	copies("kgn", 2, LEN, 12, e.c, g);
+	for (int i = 0; i < 2; i++)
+		CHECK_EQ(cfile_set_kernel_mode(g[i], true), 0);
+	CHECK(tc_matches(g[0], 0, LEN, 12, NULL));
+	/* Other reads, until the generation g[0]'s pages went into is full. */
+	testfs_make("kgu", big, 11);
+	u = tc_open(e.c, "kgu");
+	CHECK_EQ(cfile_set_kernel_mode(u, true), 0);
+	gen = ghost_generation(&e);
+	for (off = 0; off < big && ghost_generation(&e) == gen;
+	     off += 16 * PG)
+		CHECK(tc_matches(u, off, 16 * PG, 11, NULL));
+	CHECK(off < big);
+	CHECK(tc_matches(g[1], 0, LEN, 12, NULL));
+	CHECK(cfile_sharing_found(g[1]) > 0);
+	CHECK(cfile_sharing_found(g[0]) > 0);
+	CHECK_EQ(cfile_sharing_found(u), 0);
+	cfile_put(u);
+	cfile_put(g[0]);
+	cfile_put(g[1]);
+	free_env(&e);
+}
+
 static void test_stopped_sharing_needs_scans_and_no_sharer(void)
 {
 	struct env e = new_env(64 << 20, NULL);
@@ -189,6 +233,7 @@ int main(void)
 	RUN(test_writes_go_through_and_keep_nothing);
 	RUN(test_entering_writes_back_drops_private_keeps_shared);
 	RUN(test_reads_find_other_holders);
+	RUN(test_ghost_table_keeps_the_newest_reads);
 	RUN(test_stopped_sharing_needs_scans_and_no_sharer);
 	return CHECK_DONE();
 }
