@@ -14,6 +14,7 @@
 #include <fuse_lowlevel.h>
 
 #include "config.h"
+#include "mountinfo.h"
 #include "opts.h"
 #include "pressure.h"
 
@@ -391,24 +392,6 @@ static int opts_check_backing(struct opts *o)
 	return 0;
 }
 
-/* Undo the octal escapes of /proc/self/mountinfo (\040 for a space). */
-static void opts_unescape(char *s)
-{
-	char *d = s;
-
-	while (*s) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' &&
-		    s[2] >= '0' && s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
-			*d++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 +
-				      (s[3] - '0'));
-			s += 4;
-		} else {
-			*d++ = *s++;
-		}
-	}
-	*d = '\0';
-}
-
 /*
  * The topmost mount on path, if it is a FUSE mount, is a live file system
  * (ours or another's): mounting over it would hide it. Other mounts are fine
@@ -417,31 +400,11 @@ static void opts_unescape(char *s)
  */
 static void opts_fuse_mount_at(const char *path, char *type, size_t len)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "r");
-	char *line = NULL;
-	size_t cap = 0;
+	struct mount_entry m;
 
 	type[0] = '\0';
-	if (!f)
-		return;
-	while (getline(&line, &cap, f) != -1) {
-		char mnt[PATH_MAX], fstype[256];
-		char *sep = strstr(line, " - ");
-
-		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 ||
-		    sscanf(sep + 3, "%255s", fstype) != 1)
-			continue;
-		opts_unescape(mnt);
-		if (strcmp(mnt, path))
-			continue;
-		/* Later lines are mounted on top of earlier ones. */
-		if (!strncmp(fstype, "fuse", 4))
-			snprintf(type, len, "%s", fstype);
-		else
-			type[0] = '\0';
-	}
-	free(line);
-	fclose(f);
+	if (!mountinfo_top(path, &m) && !strncmp(m.fstype, "fuse", 4))
+		snprintf(type, len, "%s", m.fstype);
 }
 
 static int opts_check_mountpoint(struct opts *o)
