@@ -150,8 +150,9 @@ int cfile_revalidate(struct cfile *f);
  * without direct I/O), so the cache keeps none of its own. A read takes
  * no frame: pages the cache holds anyway (dirty, or mapping a frame other
  * files share) are copied from their frames, the rest read from the
- * backing file into the read context's buffer. A write is written
- * through and its private pages dropped. Switching a file to kernel mode
+ * backing file into the read context's buffer. A write lands in the
+ * cache as in shared mode, and its pages are dropped once written back
+ * (writeback_ms, fsync, the last close). Switching a file to kernel mode
  * writes its dirty pages back and drops its private clean ones. The front
  * end switches only while no handle of the file is open.
  */

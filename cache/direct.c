@@ -1,7 +1,8 @@
 /*
  * direct: the data path of files in kernel mode (cache.h,
  * cfile_set_kernel_mode): the kernel keeps their pages, so a read takes
- * no frame and a write keeps none.
+ * no frame and a write keeps its pages only until they are written back
+ * (writeback.c drops them then).
  *
  * A read looks its pages up as any read does (pidx_lock shared) and pins
  * those the cache holds; the others are read from the backing file into

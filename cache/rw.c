@@ -728,7 +728,6 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		    uint64_t off, bool append, uint64_t *off_out)
 {
 	struct cache *c = f->cache;
-	bool kernel_mode = atomic_load(&f->kernel_mode);
 	size_t done = 0;
 	unsigned chunk = WRITE_CHUNK;
 	int ret = 0;
@@ -769,9 +768,10 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		    __atomic_load_n(&c->ft.limit, __ATOMIC_RELAXED))
 			cache_wb_kick(c);
 	}
-	/* writeback_ms=0, or a kernel-mode file: write-through, on disk
-	 * before the write returns. */
-	if (done && (!c->cfg.writeback_ms || kernel_mode)) {
+	/* writeback_ms=0: write-through, on disk before the write returns.
+	 * A kernel-mode file's written pages stay here, dirty, until written
+	 * back (then they go: the kernel holds them). */
+	if (done && !c->cfg.writeback_ms) {
 		int err = cfile_writeback_locked(f);
 
 		if (err) {
@@ -781,10 +781,6 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		}
 	}
 	pthread_rwlock_unlock(&f->inval_lock);
-	/* The kernel holds what was written; the cache keeps no copy. */
-	if (done && kernel_mode)
-		cache_drop_private(f, off >> CACHE_PAGE_SHIFT,
-				   ((off + done - 1) >> CACHE_PAGE_SHIFT) + 1);
 	if (done)
 		atomic_store(&f->mtime_ns, cache_now_ns());
 out_unlock:

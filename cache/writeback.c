@@ -197,6 +197,10 @@ static int write_batch(struct cfile *f, const uint64_t *idx,
 		frame_clear(cache_frame(c, fid[i]), F_WB);
 		cache_frame_unpin(c, fid[i]);
 	}
+	/* Kernel mode: the kernel holds what was written; once it is on
+	 * disk the cache keeps no copy. */
+	if (first_page != UINT64_MAX && atomic_load(&f->kernel_mode))
+		cache_drop_private(f, first_page, last_page + 1);
 	atomic_store(&c->wb_last_err, err);
 	pause_point(PAUSE_WB_BATCH_DONE);
 	return err ? err : (ret < 0 && !nreq ? ret : 0);

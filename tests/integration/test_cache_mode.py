@@ -25,7 +25,9 @@ def mode_of(path):
 
 
 class KernelMode(sp.MountTestCase):
-    mount_opts = ('cache_size=64M', 'cache_mode=kernel')
+    # Writeback by fsync or the last close only: the tests say when.
+    mount_opts = ('cache_size=64M', 'cache_mode=kernel',
+                  'writeback_ms=600000')
 
     def test_hot_reads_stay_in_the_kernel_and_no_frames_are_kept(self):
         data = os.urandom(8 * MiB)
@@ -61,11 +63,31 @@ class KernelMode(sp.MountTestCase):
             f.flush()
             g.seek(PAGE + 98)
             self.assertEqual(g.read(9), b'xxhelloxx')
-        # Written through: on the backing file before any writeback.
+        # Written back at the last close; then the cache keeps nothing
+        # of the file (the kernel holds its pages).
         self.assertEqual(sp.read_file(self.m.bpath('w'))[PAGE + 100:
                                                         PAGE + 105],
                          b'hello')
-        self.assertLess(self.m.stats()['cache_bytes'], 1 * MiB)
+        st = self.m.stats()
+        self.assertLess(st['cache_bytes'], 1 * MiB, st)
+        self.assertEqual(st['frames_dirty'], 0, st)
+
+    def test_written_pages_wait_for_writeback_then_go(self):
+        p = self.m.path('d')
+        sp.write_file(p, b'x' * (64 * PAGE))
+        with open(p, 'r+b') as f:
+            f.seek(8 * PAGE)
+            f.write(b'y' * (16 * PAGE))
+            f.flush()
+            # Not written through: the write came back before the disk.
+            self.assertGreater(self.m.stats()['frames_dirty'], 0)
+            os.fsync(f.fileno())
+            st = self.m.stats()
+            self.assertEqual(st['frames_dirty'], 0, st)
+            self.assertLess(st['cache_bytes'], 1 * MiB, st)
+        want = b'x' * (8 * PAGE) + b'y' * (16 * PAGE) + b'x' * (40 * PAGE)
+        self.assertEqual(sp.read_file(self.m.bpath('d')), want)
+        self.assertEqual(sp.read_file(p), want)
 
     def test_kernel_readahead_is_raised_at_the_first_open(self):
         sp.write_synced(self.m.bpath('r'), b'r' * PAGE)
