@@ -186,8 +186,8 @@ int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 	       unsigned n, unsigned how);
 
 /* direct.c: kernel mode (cache.h). A read of a kernel-mode file, as
- * cache_read (len capped to a request, not yet to the size); and the drop of the file's private
- * clean pages in [first, end) (no lock held). */
+ * cache_read (len capped to a request, not yet to the size); and the drop
+ * of the file's private clean pages in [first, end) (no lock held). */
 int cache_read_direct(struct cfile *f, uint64_t off, size_t len,
 		      struct cache_read_ctx *rc);
 void cache_drop_private(struct cfile *f, uint64_t first, uint64_t end);

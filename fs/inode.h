@@ -84,8 +84,9 @@ struct inode {
 	                             * kcache_gen */
 	uint64_t      kcache_gen;  /* lock */
 	uint64_t      shared_since; /* lock: dedup's full scans when the
-	                             * file was last asked whether it
-	                             * stopped sharing (auto) */
+	                             * file entered shared mode or was
+	                             * last asked whether it stopped
+	                             * sharing (auto) */
 	bool          maybe_suid;  /* atomic: a setuid/setgid mode was seen */
 };
 

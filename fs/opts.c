@@ -22,8 +22,8 @@
 #define OPTS_MAX_DEFAULT (4ull << 30)
 #define OPTS_MAX_WB_MS   3600000u
 /* The kernel's readahead for the mount: 4 MiB (4 FUSE requests of 1 MiB
- * in flight) streams a cold file about 3 times faster than its default
- * of 128 KiB here; at most 1 GiB. */
+ * in flight) streamed a cold file two to three times faster than its
+ * default of 128 KiB here; at most 1 GiB. */
 #define OPTS_DEFAULT_RA_KB 4096u
 #define OPTS_MAX_RA_KB   (1u << 20)
 

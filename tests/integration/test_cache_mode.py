@@ -10,6 +10,7 @@ kernel's cache kept between opens.
 """
 
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +23,13 @@ PAGE = 4096
 
 def mode_of(path):
     return sp.file_report(path)['cache_mode']
+
+
+def kernel_pages(path):
+    """Pages of path in the kernel's page cache (fincore opens it)."""
+    r = subprocess.run(['fincore', '-b', '-n', '-o', 'PAGES', path],
+                       capture_output=True, text=True, check=True)
+    return int(r.stdout.split()[0])
 
 
 class KernelMode(sp.MountTestCase):
@@ -141,6 +149,23 @@ class AutoMode(sp.MountTestCase):
         self.assertEqual(st['mode_switches'], 2, st)
         self.assertGreaterEqual(st['pages_sharing'],
                                 0.9 * len(data) // PAGE, st)
+
+    def test_switch_to_shared_drops_the_kernels_pages(self):
+        data = os.urandom(64 * PAGE)
+        for n in ('a', 'b'):
+            sp.write_synced(self.m.bpath(n), data)
+        pa = self.m.path('a')
+        with open(pa, 'rb') as held:  # one kernel-mode period for a
+            self.assertEqual(held.read(), data)
+            self.assertEqual(sp.read_file(self.m.path('b')), data)
+            self.assertEqual(mode_of(pa), 'kernel')
+            # fincore's open joins the period: the kernel holds a.
+            self.assertEqual(kernel_pages(pa), 64)
+        # A new period: found sharing, a moves to shared mode, and that
+        # open drops the kernel's pages of it (fincore's open is it).
+        self.assertEqual(kernel_pages(pa), 0)
+        self.assertEqual(mode_of(pa), 'shared')
+        self.assertEqual(sp.read_file(pa), data)
 
     def test_bytes_right_across_switches_with_writers(self):
         data = os.urandom(64 * PAGE)
