@@ -5,10 +5,14 @@
  * its quota (store_prune.c).
  *
  * Puts between two other updates are applied sorted: the pages that
- * bring their own digest first, then those that point at another page,
- * each file's in page order. So a run grows in page order, a reference
- * is recorded before the pages that point at it, and a copy's recipe is
- * extended page by page rather than split.
+ * bring their own digest first, each file's in page order, so that a run
+ * grows in page order; then those that point at another page, in the
+ * order they were queued. That order, not the pages', keeps a reference
+ * recorded before the pages that point at it: the reference may itself
+ * be a page that points elsewhere (the mount names any recorded mapper
+ * of a shared frame), queued before them but of a file that sorts after.
+ * A page joins the recipes on both sides of it, so a copy's recipe
+ * comes out whole in either order.
  *
  * A full map is grown (doubled, up to the quota) and the batch retried;
  * at the quota the store is pruned. If a batch still does not fit, it is
@@ -106,6 +110,8 @@ static int put_cmp(const void *pa, const void *pb)
 
 	if (a->has_ref != b->has_ref)
 		return a->has_ref ? 1 : -1;
+	if (a->has_ref)
+		return a->order < b->order ? -1 : a->order > b->order;
 	if (a->id.dev != b->id.dev)
 		return a->id.dev < b->id.dev ? -1 : 1;
 	if (a->id.ino != b->id.ino)
@@ -116,8 +122,11 @@ static int put_cmp(const void *pa, const void *pb)
 }
 
 /* Sort each stretch of puts in ops[0, n) (see the top of this file);
- * other updates stay where they are, and puts of one page keep their
- * order. */
+ * other updates stay where they are. Puts of one page keep their order
+ * but for a page's own digest, which goes before a put pointing it
+ * elsewhere even if queued after it: the page still ends up where it
+ * would have, at the cost of that digest stored unused until its run
+ * goes. */
 static void sort_puts(struct store_op *ops, size_t n)
 {
 	size_t i = 0, j;

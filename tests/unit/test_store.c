@@ -291,6 +291,38 @@ static void test_8_copies_one_run_eight_recipes(void)
 	store_close(s);
 }
 
+/*
+ * A page may name as its reference a page that itself points at another
+ * (the mount picks any recorded mapper of a shared frame). Queued in one
+ * batch, with the pointing file sorting before its reference (b's inode
+ * below c's), the reference must still be recorded first: one run, no
+ * digest stored twice.
+ */
+static void test_reference_to_a_reference_in_one_batch(void)
+{
+	const uint64_t n = 64;
+	struct store *s = open_ok(case_dir("chain"), 0);
+	struct store_ident a = ident(31, n * PG), b = ident(32, n * PG),
+			   c = ident(33, n * PG);
+	struct store_stats st;
+	uint64_t fid;
+	bool right;
+
+	put_range(s, &a, 0, n, 31);
+	put_range_ref(s, &c, 0, n, 31, &a, 0);
+	put_range_ref(s, &b, 0, n, 31, &c, 0);
+	CHECK_EQ(store_sync(s), 0);
+	store_get_stats(s, &st);
+	CHECK_EQ(st.pages, 3 * n);
+	CHECK_EQ(st.distinct, n);
+	CHECK_EQ(st.runs, 1);
+	CHECK_EQ(st.recipes, 3);
+	REQUIRE(store_file_match(s, &b, &fid) == 0);
+	CHECK_EQ(count_fps(s, fid, 0, n, 31, &right), n);
+	CHECK(right);
+	store_close(s);
+}
+
 /* Pages of [first, first + n) of fid still stored with dg_of(seed, i). */
 static unsigned count_range(struct store *s, uint64_t fid, uint64_t first,
 			    uint64_t n, unsigned seed)
@@ -485,6 +517,7 @@ int main(void)
 	RUN(test_file_changed_drops_range_keeps_rest);
 	RUN(test_copies_share_a_run_counts_follow);
 	RUN(test_8_copies_one_run_eight_recipes);
+	RUN(test_reference_to_a_reference_in_one_batch);
 	RUN(test_quota_prunes_unique_pages_of_lru_files);
 	RUN(test_kill9_keeps_synced_batches);
 	RUN(test_100k_puts_commit_in_few_transactions);
