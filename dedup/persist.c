@@ -75,12 +75,6 @@ void persist_close(struct dedup *d)
 	persist_dtab_fini(d);
 }
 
-static bool same_ident(const struct cfile_ident *a, const struct cfile_ident *b)
-{
-	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
-	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns;
-}
-
 /* The file's record, matched against its current identity. */
 static struct persist_file *pfile(struct dedup *d, struct cfile *f)
 {
@@ -96,7 +90,7 @@ static struct persist_file *pfile(struct dedup *d, struct cfile *f)
 			return NULL;
 		f->persist = pf;
 	}
-	if (pf->checked && same_ident(&pf->ident, &f->ident))
+	if (pf->checked && cfile_ident_equal(&pf->ident, &f->ident))
 		return pf;
 	pf->ident = f->ident;
 	pf->checked = true;
