@@ -153,6 +153,7 @@ static void *ra_main(void *arg)
 	pthread_mutex_lock(&ra->lock);
 	for (;;) {
 		struct ra_item it;
+		bool stop;
 
 		while (!ra->stop && !ra->len)
 			pthread_cond_wait(&ra->cond, &ra->lock);
@@ -161,8 +162,9 @@ static void *ra_main(void *arg)
 		it = ra->q[ra->head];
 		ra->head = (ra->head + 1) % RA_QUEUE;
 		ra->len--;
+		stop = ra->stop; /* under the lock, as cache_ra_stop sets it */
 		pthread_mutex_unlock(&ra->lock);
-		if (!ra->stop)
+		if (!stop)
 			ra_fill(it.f, it.first, it.n);
 		cfile_put(it.f);
 		pthread_mutex_lock(&ra->lock);
