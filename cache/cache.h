@@ -29,7 +29,10 @@
  *     writes everything back first.
  *
  * Locking (order, outermost first):
- *   cfile->write_lock       serialises writers, truncate, clone of a file.
+ *   cfile->write_range      a writer holds the pages it writes (writes to
+ *                           disjoint pages run side by side); truncate,
+ *                           fallocate, clone and appends hold the whole
+ *                           file (rangelock.h).
  *   cfile->inval_lock (rw)  exclusive for truncate, punch, invalidation;
  *                           shared for fills and writeback, so a page read
  *                           from disk can never predate a truncate/punch.

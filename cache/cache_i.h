@@ -9,6 +9,7 @@
 #include "cache.h"
 #include "frame.h"
 #include "pidx.h"
+#include "rangelock.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -73,7 +74,8 @@ struct cfile {
 	int wfd;                            /* buffered fd for tail pages */
 	pthread_rwlock_t inval_lock;
 	pthread_rwlock_t pidx_lock;
-	pthread_mutex_t write_lock;         /* serialises writers of the file */
+	struct range_lock write_range;      /* pages being written; all of
+					     * them for truncate and clone */
 	pthread_mutex_t wb_mutex;           /* one writeback pass at a time */
 	struct pidx pidx;                   /* pidx_lock */
 	uint64_t size;                      /* pidx_lock */

@@ -240,7 +240,7 @@ static int cfile_new(struct cache *c, int path_fd, struct cfile **out)
 	}
 	pthread_rwlock_init(&f->inval_lock, NULL);
 	pthread_rwlock_init(&f->pidx_lock, NULL);
-	pthread_mutex_init(&f->write_lock, NULL);
+	range_lock_init(&f->write_range);
 	pthread_mutex_init(&f->wb_mutex, NULL);
 	pthread_mutex_init(&f->ra_lock, NULL);
 	pidx_init(&f->pidx);
@@ -264,7 +264,7 @@ static void cfile_free(struct cfile *f)
 	pidx_destroy(&f->pidx);
 	pthread_rwlock_destroy(&f->inval_lock);
 	pthread_rwlock_destroy(&f->pidx_lock);
-	pthread_mutex_destroy(&f->write_lock);
+	range_lock_destroy(&f->write_range);
 	pthread_mutex_destroy(&f->wb_mutex);
 	pthread_mutex_destroy(&f->ra_lock);
 	if (f->wfd >= 0)

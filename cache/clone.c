@@ -12,16 +12,16 @@
 
 #define PG CACHE_PAGE_SIZE
 
-static void lock_pair(pthread_mutex_t *a, pthread_mutex_t *b)
+static void lock_all_pair(struct range_lock *a, struct range_lock *b)
 {
 	if (a > b) {
-		pthread_mutex_t *t = a;
+		struct range_lock *t = a;
 
 		a = b;
 		b = t;
 	}
-	pthread_mutex_lock(a);
-	pthread_mutex_lock(b);
+	range_lock_all(a);
+	range_lock_all(b);
 }
 
 static void wrlock_pair(pthread_rwlock_t *a, pthread_rwlock_t *b)
@@ -85,7 +85,7 @@ ssize_t cache_clone_range(struct cfile *src, uint64_t soff, struct cfile *dst,
 		return -EINVAL;
 	if (!dst->fd_writable)
 		return -EBADF;
-	lock_pair(&src->write_lock, &dst->write_lock);
+	lock_all_pair(&src->write_range, &dst->write_range);
 	wrlock_pair(&src->inval_lock, &dst->inval_lock);
 	/* The clone copies what is on disk: bring both up to date. */
 	ret = cfile_writeback_locked(src);
@@ -139,7 +139,7 @@ ssize_t cache_clone_range(struct cfile *src, uint64_t soff, struct cfile *dst,
 out_unlock:
 	pthread_rwlock_unlock(&dst->inval_lock);
 	pthread_rwlock_unlock(&src->inval_lock);
-	pthread_mutex_unlock(&dst->write_lock);
-	pthread_mutex_unlock(&src->write_lock);
+	range_unlock_all(&dst->write_range);
+	range_unlock_all(&src->write_range);
 	return ret;
 }

@@ -732,11 +732,16 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 	unsigned chunk = WRITE_CHUNK;
 	int ret = 0;
 
+	struct range_held range;
+
 	if (!f->fd_writable)
 		return -EBADF;
-	pthread_mutex_lock(&f->write_lock);
-	if (append)
+	/* An append's offset is the size once no other write is under way;
+	 * any other write holds just its own pages. */
+	if (append) {
+		range_lock_all(&f->write_range);
 		off = cfile_size(f);
+	}
 	if (off_out)
 		*off_out = off;
 	/* A mapping holds page indexes up to MAP_INDEX_MAX (4 PiB). */
@@ -745,6 +750,9 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		ret = -EFBIG;
 		goto out_unlock;
 	}
+	if (!append)
+		range_lock(&f->write_range, &range, off >> CACHE_PAGE_SHIFT,
+			   (off + len - (len != 0)) >> CACHE_PAGE_SHIFT);
 	pthread_rwlock_rdlock(&f->inval_lock);
 	while (done < len) {
 		uint64_t at = off + done;
@@ -783,7 +791,10 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 	pthread_rwlock_unlock(&f->inval_lock);
 	if (done)
 		atomic_store(&f->mtime_ns, cache_now_ns());
+	if (!append)
+		range_unlock(&f->write_range, &range);
 out_unlock:
-	pthread_mutex_unlock(&f->write_lock);
+	if (append)
+		range_unlock_all(&f->write_range);
 	return done ? (ssize_t)done : ret;
 }

@@ -56,7 +56,7 @@ int cache_truncate(struct cfile *f, uint64_t size)
 
 	if (!f->fd_writable)
 		return -EBADF;
-	pthread_mutex_lock(&f->write_lock);
+	range_lock_all(&f->write_range);
 	pthread_rwlock_wrlock(&f->inval_lock);
 	if (ftruncate(f->fd, (off_t)size) < 0) {
 		ret = -errno;
@@ -78,7 +78,7 @@ int cache_truncate(struct cfile *f, uint64_t size)
 	atomic_store(&f->mtime_ns, cache_now_ns());
 out_unlock:
 	pthread_rwlock_unlock(&f->inval_lock);
-	pthread_mutex_unlock(&f->write_lock);
+	range_unlock_all(&f->write_range);
 	return ret;
 }
 
@@ -90,7 +90,7 @@ int cache_fallocate(struct cfile *f, int mode, uint64_t off, uint64_t len)
 
 	if (!f->fd_writable)
 		return -EBADF;
-	pthread_mutex_lock(&f->write_lock);
+	range_lock_all(&f->write_range);
 	pthread_rwlock_wrlock(&f->inval_lock);
 	/* The backing call works on the disk copy: bring it up to date. */
 	ret = cfile_writeback_locked(f);
@@ -108,7 +108,7 @@ int cache_fallocate(struct cfile *f, int mode, uint64_t off, uint64_t len)
 		atomic_store(&f->mtime_ns, cache_now_ns());
 out_unlock:
 	pthread_rwlock_unlock(&f->inval_lock);
-	pthread_mutex_unlock(&f->write_lock);
+	range_unlock_all(&f->write_range);
 	return ret;
 }
 

@@ -354,6 +354,108 @@ static void test_concurrent_writers_tiny_cache(void)
 	cache_destroy(c);
 }
 
+/* Two writers of one range, each with its own byte, start together round
+ * after round; two appenders add tagged records meanwhile. A write is
+ * applied whole, never mixed with another. */
+#define OVL_PAGES 40u
+#define OVL_OFF 100u /* partial first and last pages */
+#define OVL_ROUNDS 100
+#define REC 100u
+
+struct ovl_arg {
+	struct cfile *f;
+	pthread_barrier_t *bar;  /* the two range writers */
+	unsigned char byte;
+	int bad;                 /* writes that failed, rounds found mixed */
+};
+
+static bool ovl_uniform(struct cfile *f)
+{
+	static unsigned char got[OVL_PAGES * PG];
+
+	if (cache_pread(f, got, sizeof(got), OVL_OFF) != sizeof(got))
+		return false;
+	for (size_t i = 1; i < sizeof(got); i++)
+		if (got[i] != got[0])
+			return false;
+	return true;
+}
+
+static void *ovl_thread(void *p)
+{
+	struct ovl_arg *a = p;
+	static unsigned char bufs[4][OVL_PAGES * PG];
+	unsigned char *buf = bufs[a->byte & 3];
+	bool append = !a->bar;
+
+	memset(buf, a->byte, sizeof(bufs[0]));
+	for (int round = 0; round < OVL_ROUNDS; round++) {
+		ssize_t want = append ? REC : (ssize_t)sizeof(bufs[0]);
+		uint64_t at;
+
+		if (append)
+			memcpy(buf, &round, sizeof(round));
+		else
+			pthread_barrier_wait(a->bar);
+		if (cache_write(a->f, buf, (size_t)want, OVL_OFF, append,
+				&at) != want)
+			a->bad++;
+		if (!append && pthread_barrier_wait(a->bar) &&
+		    !ovl_uniform(a->f))
+			a->bad++; /* one of the two checks, the other waits */
+		if (!append)
+			pthread_barrier_wait(a->bar);
+	}
+	return NULL;
+}
+
+static void test_overlapping_writes_do_not_interleave(void)
+{
+	struct cache *c = tc_new_cache(64 * PG);
+	uint64_t end = OVL_OFF + OVL_PAGES * PG;
+	struct ovl_arg a[4];
+	pthread_barrier_t bar;
+	pthread_t th[4];
+	struct cfile *f;
+	int next[2] = { 0, 0 };
+
+	testfs_make("ovl", end, 41);
+	f = tc_open(c, "ovl");
+	pthread_barrier_init(&bar, NULL, 2);
+	for (int i = 0; i < 4; i++) {
+		a[i] = (struct ovl_arg){ f, i < 2 ? &bar : NULL,
+					 (unsigned char)(0xa0 + i), 0 };
+		REQUIRE(pthread_create(&th[i], NULL, ovl_thread, &a[i]) == 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		CHECK_EQ(a[i].bad, 0);
+	}
+	pthread_barrier_destroy(&bar);
+	CHECK_EQ(cfile_size(f), end + 2 * OVL_ROUNDS * REC);
+	/* every record whole, each appender's in order */
+	for (int k = 0; k < 2 * OVL_ROUNDS; k++) {
+		unsigned char r[REC];
+		int who, round;
+
+		REQUIRE(cache_pread(f, r, REC, end + (uint64_t)k * REC) ==
+			REC);
+		who = r[REC - 1] - 0xa2;
+		memcpy(&round, r, sizeof(round));
+		REQUIRE(who == 0 || who == 1);
+		CHECK_EQ(round, next[who]);
+		next[who] = round + 1;
+		for (size_t i = sizeof(round); i < REC; i++)
+			if (r[i] != r[REC - 1]) {
+				CHECK_EQ(i, -1);
+				break;
+			}
+	}
+	CHECK_EQ(cache_fsync(f, false), 0);
+	cfile_put(f);
+	cache_destroy(c);
+}
+
 static struct cache *new_cache_fds(uint64_t bytes, unsigned fds_max)
 {
 	struct cache_config cfg = { .size_bytes = bytes, .writeback_ms = 100,
@@ -486,6 +588,7 @@ int main(void)
 	RUN(test_punch_hole_drops_cached_pages);
 	RUN(test_revalidate_sees_change_behind);
 	RUN(test_concurrent_writers_tiny_cache);
+	RUN(test_overlapping_writes_do_not_interleave);
 	RUN(test_kept_pages_found_after_last_put);
 	RUN(test_kept_pages_dropped_when_changed_behind);
 	RUN(test_kept_descriptors_capped);
