@@ -590,6 +590,87 @@ def fallocate(fd, mode, off, length):
                       f'{os.strerror(e)}')
 
 
+
+# Linux native AIO (io_setup/io_submit), the way fio's libaio engine puts
+# several writes of one file in flight at once: the kernel holds a file's
+# lock for one synchronous FUSE write until its reply, not for these.
+_AIO_SYSCALLS = {'x86_64': (206, 207, 209, 208),   # setup, destroy,
+                 'aarch64': (0, 1, 2, 4)}          # submit, getevents
+_libc.syscall.restype = ctypes.c_long
+
+
+class _Iocb(ctypes.Structure):
+    _fields_ = [('data', ctypes.c_uint64), ('key', ctypes.c_uint32),
+                ('rw_flags', ctypes.c_uint32), ('opcode', ctypes.c_uint16),
+                ('reqprio', ctypes.c_int16), ('fildes', ctypes.c_uint32),
+                ('buf', ctypes.c_uint64), ('nbytes', ctypes.c_uint64),
+                ('offset', ctypes.c_int64), ('reserved2', ctypes.c_uint64),
+                ('flags', ctypes.c_uint32), ('resfd', ctypes.c_uint32)]
+
+
+class _IoEvent(ctypes.Structure):
+    _fields_ = [('data', ctypes.c_uint64), ('obj', ctypes.c_uint64),
+                ('res', ctypes.c_int64), ('res2', ctypes.c_int64)]
+
+
+def aio_supported():
+    return os.uname().machine in _AIO_SYSCALLS
+
+
+class Aio:
+    """One native AIO context (io_destroy waits for an RCU grace period,
+    tens of ms: keep one for many batches). Use as a context manager."""
+
+    def __init__(self, depth):
+        calls = _AIO_SYSCALLS[os.uname().machine]
+        self.setup, self.destroy, self.submit, self.getevents = calls
+        self.depth = depth
+        self.ctx = ctypes.c_ulong(0)
+        if _libc.syscall(self.setup, depth, ctypes.byref(self.ctx)) < 0:
+            raise OSError(ctypes.get_errno(), 'io_setup')
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _libc.syscall(self.destroy, self.ctx)
+
+    def pwrite_all(self, fd, writes):
+        """Submit every (data, offset) of writes as one batch of
+        asynchronous writes to fd, wait for them all; each one's result
+        (bytes or -errno), in order. Without O_DIRECT on fd the kernel
+        writes them one by one at submission."""
+        n = len(writes)
+        assert n <= self.depth
+        bufs = [ctypes.create_string_buffer(bytes(d), len(d))
+                for d, _ in writes]
+        iocbs = (_Iocb * n)()
+        for i, (d, off) in enumerate(writes):
+            iocbs[i] = _Iocb(data=i, opcode=1, fildes=fd,  # IOCB_CMD_PWRITE
+                             buf=ctypes.addressof(bufs[i]), nbytes=len(d),
+                             offset=off)
+        ptrs = (ctypes.POINTER(_Iocb) * n)(
+            *[ctypes.pointer(iocbs[i]) for i in range(n)])
+        done = _libc.syscall(self.submit, self.ctx, n, ptrs)
+        if done != n:
+            raise OSError(ctypes.get_errno() if done < 0 else errno.EAGAIN,
+                          f'io_submit took {done} of {n}')
+        events = (_IoEvent * n)()
+        got = 0
+        while got < n:
+            r = _libc.syscall(self.getevents, self.ctx, 1, n - got,
+                              ctypes.byref(events, got * ctypes.sizeof(
+                                  _IoEvent)), None)
+            if r < 0:
+                if ctypes.get_errno() == errno.EINTR:
+                    continue
+                raise OSError(ctypes.get_errno(), 'io_getevents')
+            got += r
+        results = [0] * n
+        for e in events:
+            results[e.data] = e.res
+        return results
+
 def fio(args, cwd):
     """Run fio with JSON output in cwd; the parsed JSON."""
     r = subprocess.run(['fio', '--output-format=json'] + list(args), cwd=cwd,

@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import unittest
@@ -760,6 +761,80 @@ class ConcurrentXfsReflink(ConcurrentModel, unittest.TestCase):
         os.mkdir(backing)
         m = self.mount(backing)
         self.run_model(m, reflink=True)
+
+
+
+class OneFileWriters(unittest.TestCase):
+    """Writes to one file in flight together (O_DIRECT and native AIO, as
+    fio's libaio engine does): the daemon applies them side by side. Each
+    batch has four writes of one 64 KiB range, each of its own byte (the
+    range must then hold one of them whole), and four writes of a quarter
+    page each, at random pages after the range, where the batch's writes
+    may share a page but not a byte (none may lose another's bytes)."""
+
+    SIZE = 512 * KiB
+    RANGE = 64 * KiB          # one FUSE request: applied whole
+    RANGE_OFF = 1000          # partial first and last pages
+    FIRST_QUARTER_PAGE = (RANGE_OFF + RANGE) // PAGE + 1
+    QUARTERS = 4
+    ROUNDS = 300
+
+    def setUp(self):
+        sp.require_env()
+        if not sp.aio_supported():
+            self.skipTest(f'no native AIO numbers for {os.uname().machine}')
+        env = os.environ.get('SAMEPAGE_SEED')
+        self.seed = int(env) if env else random.randrange(1 << 32)
+
+    def check_batches(self, opts):
+        m = sp.Mount(opts=opts)
+        self.addCleanup(m.cleanup)
+        m.start()
+        path = m.path('one')
+        model = bytearray(self.SIZE)
+        sp.write_file(path, model)
+        rng = random.Random(self.seed)
+        part = PAGE // self.QUARTERS
+        fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+        aio = sp.Aio(8)
+        try:
+            for r in range(self.ROUNDS):
+                batch = [(bytes([0xa0 + (r + i) % 4]) * self.RANGE,
+                          self.RANGE_OFF) for i in range(4)]
+                for k in range(self.QUARTERS):
+                    page = rng.randrange(self.FIRST_QUARTER_PAGE,
+                                         self.SIZE // PAGE)
+                    batch.append((rng.randbytes(part), page * PAGE + k * part))
+                res = aio.pwrite_all(fd, batch)
+                self.assertEqual(res, [len(d) for d, _ in batch],
+                                 f'seed {self.seed} round {r}')
+                got = os.pread(fd, self.RANGE, self.RANGE_OFF)
+                self.assertEqual(got.count(got[:1]), self.RANGE,
+                                 f'seed {self.seed} round {r}: the range '
+                                 f'holds bytes of several writes: {set(got)}')
+                for d, off in batch[4:]:
+                    model[off:off + part] = d
+                    self.assertEqual(os.pread(fd, part, off), d,
+                                     f'seed {self.seed} round {r}: the '
+                                     f'quarter at {off} lost its write')
+        finally:
+            aio.__exit__()
+            os.close(fd)
+        skip = self.FIRST_QUARTER_PAGE * PAGE
+        got = sp.read_file(path)
+        self.assertTrue(got[skip:] == model[skip:],
+                        f'seed {self.seed}: the quarters differ from what '
+                        'was written')
+        m.stop()
+        self.assertTrue(sp.read_file(m.bpath('one')) == got,
+                        f'seed {self.seed}: the backing file differs')
+
+    def test_writes_in_flight_together_in_shared_mode(self):
+        self.check_batches(('cache_mode=shared', 'cache_size=2M',
+                            'writeback_ms=20'))
+
+    def test_writes_in_flight_together_in_auto_mode(self):
+        self.check_batches(('cache_size=2M',))
 
 
 if __name__ == '__main__':
