@@ -64,6 +64,9 @@ CACHE = '2M'                 # 1.5 MiB unique at the start, far more later
 CACHE_BYTES = 2 * MiB
 OPS_SECONDS = float(os.environ.get('SAMEPAGE_CONC_SECONDS', '5'))
 MAX_OPS = int(os.environ.get('SAMEPAGE_CONC_OPS', '0')) or None
+# A process does at least this many operations (unless MAX_OPS says
+# fewer), however long they take on a loaded machine: DEADLINE_S bounds it.
+MIN_OPS = 20
 # Which processes run (all by default): SAMEPAGE_CONC_PROCS=2 replays
 # process 2's sequence alone, to tell a concurrency bug from a plain one.
 RUN_PROCS = [int(k) for k in
@@ -428,8 +431,8 @@ class Worker:
                 self.files[self.names[t]] = Obj(self.templates[t])
             for name in list(self.files):
                 self.check_whole(name, 'starting content')
-            while time.monotonic() < end_time and (
-                    MAX_OPS is None or self.step < MAX_OPS):
+            while (time.monotonic() < end_time or self.step < MIN_OPS) \
+                    and (MAX_OPS is None or self.step < MAX_OPS):
                 self.step += 1
                 getattr(self, self.rng.choices(names, weights)[0])()
                 if self.step % VERIFY_EVERY == 0:
@@ -650,9 +653,6 @@ class ConcurrentModel:
         if errors:
             self.fail_with(f'{len(errors)} of {len(kids)} processes failed'
                            '\n\n' + '\n\n'.join(errors))
-        for k, res in results.items():
-            self.assertGreater(res['ops'], 20 if not sp.SANITIZED else 5,
-                               f'process {k} did almost nothing: {res}')
         ops = {k: res['ops'] for k, res in results.items()}
         sys.stderr.write(f'  operations per process: {ops}\n')
 
