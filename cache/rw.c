@@ -730,9 +730,8 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 	struct cache *c = f->cache;
 	size_t done = 0;
 	unsigned chunk = WRITE_CHUNK;
-	int ret = 0;
-
 	struct range_held range;
+	int ret = 0;
 
 	if (!f->fd_writable)
 		return -EBADF;
