@@ -39,6 +39,8 @@ struct spfs {
 	bool          readonly;
 	bool          allow_mmap;    /* files not direct_io: shared mmap works */
 	bool          as_root;       /* euid 0: create as the caller */
+	bool          backing_acls;  /* the backing fs stores POSIX ACLs */
+	bool          caller_umask;  /* modes come unmasked (POSIX ACLs on) */
 	uid_t         owner_uid;     /* getuid(): may tune the daemon */
 	double        timeout;       /* entry and attribute validity, s */
 

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "cache.h"
@@ -98,6 +99,8 @@ static int spfs_setup(struct spfs *fs, const struct opts *o)
 		log_err("backing directory '%s': %s", o->backing, strerror(-ret));
 		return ret;
 	}
+	fs->backing_acls = getxattr(o->backing, "system.posix_acl_access",
+				    NULL, 0) >= 0 || errno == ENODATA;
 	nofile = spfs_raise_nofile();
 	log_debug("descriptor limit %llu, cfiles kept for %zu closed files",
 		  (unsigned long long)nofile, spfs_idle_max(nofile));

@@ -12,6 +12,8 @@
 
 static void ops_init(void *userdata, struct fuse_conn_info *conn)
 {
+	struct spfs *fs = userdata;
+
 	/* Requests of up to CACHE_MAX_IO_PAGES pages (FUSE max_pages). */
 	conn->max_write = CACHE_MAX_IO_PAGES * CACHE_PAGE_SIZE;
 	conn->max_readahead = CACHE_MAX_IO_PAGES * CACHE_PAGE_SIZE;
@@ -27,6 +29,19 @@ static void ops_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_DIO;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/*
+	 * POSIX ACLs as on the backing file system: the kernel checks them
+	 * (its default_permissions) and leaves the caller's umask to us, so
+	 * that a directory's default ACL, not the umask, gives a new name's
+	 * mode (ops_creds_enter). Without the one, the other is moot: the
+	 * VFS strips the umask itself where the kernel knows of no ACLs.
+	 */
+	if (fs->backing_acls &&
+	    (conn->capable & (FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK)) ==
+		    (FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK)) {
+		conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
+		fs->caller_umask = true;
+	}
 	/*
 	 * Locks stay in the kernel: with neither POSIX_LOCKS nor FLOCK_LOCKS
 	 * it keeps them locally, which is exactly right on one host. The

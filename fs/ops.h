@@ -57,12 +57,15 @@ void ops_statfs(fuse_req_t req, fuse_ino_t ino);
 /* Shared by the creating operations. */
 int ops_do_lookup(struct spfs *fs, struct inode *dir, const char *name,
 		  struct fuse_entry_param *e);
-/* Run the creation of a new name with the caller's fsuid/fsgid, so that
- * ownership, setgid directories and quotas behave as on a local fs. */
+/* Run the creation of a new name with the caller's fsuid/fsgid and umask,
+ * so that ownership, setgid directories, quotas and default ACLs behave
+ * as on a local fs. *mode is the mode to create with. */
 struct ops_creds {
 	bool switched;
+	bool umask_set;
 };
-void ops_creds_enter(struct spfs *fs, fuse_req_t req, struct ops_creds *c);
+void ops_creds_enter(struct spfs *fs, fuse_req_t req, struct ops_creds *c,
+		     mode_t *mode);
 void ops_creds_leave(struct ops_creds *c);
 /* The name is one the mount must not create or replace (EPERM). */
 int ops_check_new_name(struct spfs *fs, struct inode *dir, const char *name);

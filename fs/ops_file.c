@@ -251,7 +251,7 @@ void ops_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		ret = -EROFS;
 		goto out_err;
 	}
-	ops_creds_enter(fs, req, &creds);
+	ops_creds_enter(fs, req, &creds, &mode);
 	ret = mknodat(dir->fd, name, S_IFREG | (mode & 07777), 0) ? -errno : 0;
 	ops_creds_leave(&creds);
 	/* Created behind our back since the kernel's lookup: without

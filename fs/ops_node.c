@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -313,10 +315,43 @@ static void ops_raise_dac(void)
 		log_debug("capset: %s", strerror(errno));
 }
 
-void ops_creds_enter(struct spfs *fs, fuse_req_t req, struct ops_creds *c)
+/* Whether this request thread has a umask of its own: 0 not asked yet,
+ * 1 yes, -1 no (unshare failed). */
+static __thread signed char ops_thread_umask;
+
+/*
+ * With POSIX ACLs on (fs->caller_umask) the caller's umask arrives apart
+ * from the mode. It becomes this thread's umask for the creation, so that
+ * the backing file system applies it as a local one does: only where the
+ * parent directory has no default ACL. A thread that cannot have a umask
+ * of its own (the daemon's umask is 0 and shared) applies it to the mode.
+ */
+static void ops_umask_enter(struct spfs *fs, const struct fuse_ctx *ctx,
+			    struct ops_creds *c, mode_t *mode)
+{
+	c->umask_set = false;
+	if (!fs->caller_umask)
+		return;
+	if (!ops_thread_umask) {
+		ops_thread_umask = unshare(CLONE_FS) ? -1 : 1;
+		if (ops_thread_umask < 0)
+			log_warn("unshare(CLONE_FS): %s; the umask hides "
+				 "default ACLs", strerror(errno));
+	}
+	if (ops_thread_umask < 0) {
+		*mode &= ~ctx->umask;
+		return;
+	}
+	umask(ctx->umask);
+	c->umask_set = true;
+}
+
+void ops_creds_enter(struct spfs *fs, fuse_req_t req, struct ops_creds *c,
+		     mode_t *mode)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 
+	ops_umask_enter(fs, ctx, c, mode);
 	c->switched = false;
 	if (!fs->as_root || (ctx->uid == 0 && ctx->gid == 0))
 		return;
@@ -329,6 +364,9 @@ void ops_creds_enter(struct spfs *fs, fuse_req_t req, struct ops_creds *c)
 
 void ops_creds_leave(struct ops_creds *c)
 {
+	if (c->umask_set)
+		umask(0);
+	c->umask_set = false;
 	if (!c->switched)
 		return;
 	/* Back to fsuid 0 restores the capabilities dropped above. */
@@ -356,7 +394,7 @@ static void ops_make_node(fuse_req_t req, fuse_ino_t parent,
 	ret = ops_check_new_name(fs, dir, name);
 	if (ret)
 		goto out_reply;
-	ops_creds_enter(fs, req, &creds);
+	ops_creds_enter(fs, req, &creds, &mode);
 	if (target)
 		r = symlinkat(target, dir->fd, name);
 	else if (S_ISDIR(mode))

@@ -75,6 +75,31 @@ def open_close(path, mode):
     open(path, mode).close()
 
 
+# POSIX ACLs in their xattr form (what setfacl writes): version 2, then
+# (tag, permissions, id) entries.
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER = \
+    0x01, 0x02, 0x04, 0x10, 0x20
+ACL_NO_ID = 0xffffffff
+
+
+def acl_xattr(*entries):
+    """entries: (tag, perm) or (tag, perm, id), in setfacl's order."""
+    out = (2).to_bytes(4, 'little')
+    for e in entries:
+        tag, perm, ident = (e + (ACL_NO_ID,))[:3]
+        out += (tag.to_bytes(2, 'little') + perm.to_bytes(2, 'little') +
+                ident.to_bytes(4, 'little'))
+    return out
+
+
+def backing_has_acls(path):
+    try:
+        os.getxattr(path, 'system.posix_acl_access')
+    except OSError as e:
+        return e.errno == errno.ENODATA
+    return True
+
+
 def become_nobody():
     os.setgroups([])
     os.setresgid(NOBODY, NOBODY, NOBODY)
@@ -806,6 +831,64 @@ class TestOtherUsers(unittest.TestCase):
         self.assertEqual(sp.read_file(m.bpath('pub', 'mine')), b'nobody was here')
         self.assertEqual(sp.read_file(m.bpath('ro')), b'root writes')
         self.assertEqual(sp.read_file(m.bpath('secret')), b'root only')
+
+    def test_acls_grant_and_deny_as_on_the_backing_fs(self):
+        m = self._mount(('cache_size=64M', 'allow_other'))
+        if not backing_has_acls(m.backing):
+            self.skipTest('the backing file system has no POSIX ACLs')
+        sp.write_file(m.path('f'), b'granted by an ACL')
+        os.chmod(m.path('f'), 0o600)
+        rw, r, none = 6, 4, 0
+
+        def nobody_reads():
+            def child():
+                become_nobody()
+                try:
+                    return 0 if sp.read_file(m.path('f')) else 2
+                except PermissionError:
+                    return 1
+            return in_child(child)
+
+        self.assertEqual(nobody_reads(), 1, 'mode 0600, no ACL')
+        os.setxattr(m.path('f'), 'system.posix_acl_access', acl_xattr(
+            (ACL_USER_OBJ, rw), (ACL_USER, r, NOBODY), (ACL_GROUP_OBJ, none),
+            (ACL_MASK, r), (ACL_OTHER, none)))
+        self.assertEqual(nobody_reads(), 0, 'an ACL entry grants nobody read')
+        # The mask is the group bits of the mode: chmod narrows the entry.
+        os.chmod(m.path('f'), 0o600)
+        self.assertEqual(nobody_reads(), 1, 'chmod g-r masked the entry')
+        self.assertEqual(stat.S_IMODE(os.stat(m.bpath('f')).st_mode), 0o600)
+
+    def test_default_acl_gives_new_modes_not_umask(self):
+        m = self._mount(('cache_size=64M',))
+        if not backing_has_acls(m.backing):
+            self.skipTest('the backing file system has no POSIX ACLs')
+        rwx, none = 7, 0
+        default = acl_xattr((ACL_USER_OBJ, rwx), (ACL_GROUP_OBJ, rwx),
+                            (ACL_OTHER, none))
+        old = os.umask(0o722)
+        self.addCleanup(os.umask, old)
+        # The same operations on the backing fs itself (in ref/) say what
+        # is right for those through the mount (in mnt/).
+        for top in (m.bpath('ref'), m.path('mnt')):
+            os.mkdir(top, 0o755)
+            os.mkdir(os.path.join(top, 'acl'))
+            os.setxattr(os.path.join(top, 'acl'), 'system.posix_acl_default',
+                        default)
+            os.mkdir(os.path.join(top, 'plain'))
+            for d in ('acl', 'plain'):
+                os.mkdir(os.path.join(top, d, 'sub'))
+                os.close(os.open(os.path.join(top, d, 'file'),
+                                 os.O_CREAT | os.O_WRONLY, 0o666))
+                os.mknod(os.path.join(top, d, 'fifo'), stat.S_IFIFO | 0o666)
+        modes = {}
+        for rel in ('acl/sub', 'acl/file', 'acl/fifo', 'plain/sub',
+                    'plain/file', 'plain/fifo'):
+            want = stat.S_IMODE(os.stat(m.bpath('ref', rel)).st_mode)
+            modes[rel] = stat.S_IMODE(os.stat(m.path('mnt', rel)).st_mode)
+            self.assertEqual(oct(modes[rel]), oct(want), rel)
+        self.assertEqual(oct(modes['acl/file']), oct(0o660))
+        self.assertEqual(oct(modes['plain/file']), oct(0o044))
 
     def test_without_allow_other_other_users_are_refused(self):
         m = self._mount(('cache_size=64M',))
