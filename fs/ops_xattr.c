@@ -3,9 +3,12 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <sys/xattr.h>
 
 #include "ctl.h"
+#include "log.h"
 #include "ops.h"
 
 /* Larger than any value Linux lets a file system store (XATTR_SIZE_MAX). */
@@ -99,6 +102,48 @@ void ops_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	ops_reply_backing(req, path, NULL, size);
 }
 
+/* Is the caller of req in group gid (its own or a supplementary one)? */
+static bool ops_caller_in_group(fuse_req_t req, gid_t gid)
+{
+	gid_t some[32], *list = some;
+	bool found = fuse_req_ctx(req)->gid == gid;
+	int n;
+
+	if (found)
+		return true;
+	n = fuse_req_getgroups(req, 32, some);
+	if (n > 32) {
+		list = calloc((size_t)n, sizeof(*list));
+		if (list)
+			n = fuse_req_getgroups(req, n, list);
+	}
+	for (int i = 0; list && i < n && !found; i++)
+		found = list[i] == gid;
+	if (list != some)
+		free(list);
+	return found;
+}
+
+/*
+ * Setting an access ACL also sets the mode from it, and on a local file
+ * system clears the setgid bit unless the caller is in the file's group
+ * or privileged (posix_acl_update_mode). The backing file system sees the
+ * daemon, which is privileged, so that part is done here; uid 0 stands
+ * for CAP_FSETID, as elsewhere. (libfuse 3.14 cannot ask the kernel to
+ * say so: FUSE_SETXATTR_EXT.)
+ */
+static void ops_acl_kill_sgid(fuse_req_t req, const char *path)
+{
+	struct stat st;
+
+	if (fuse_req_ctx(req)->uid == 0 || stat(path, &st) ||
+	    !(st.st_mode & S_ISGID) || ops_caller_in_group(req, st.st_gid))
+		return;
+	if (chmod(path, st.st_mode & 07777 & ~S_ISGID))
+		log_warn("clearing the setgid bit after an ACL change: %s",
+			 strerror(errno));
+}
+
 void ops_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		  const char *value, size_t size, int flags)
 {
@@ -116,10 +161,13 @@ void ops_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		return;
 	}
 	ops_xattr_path(path, in);
-	if (setxattr(path, name, value, size, flags))
+	if (setxattr(path, name, value, size, flags)) {
 		fuse_reply_err(req, errno);
-	else
-		fuse_reply_err(req, 0);
+		return;
+	}
+	if (!strcmp(name, "system.posix_acl_access"))
+		ops_acl_kill_sgid(req, path);
+	fuse_reply_err(req, 0);
 }
 
 void ops_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)

@@ -859,6 +859,36 @@ class TestOtherUsers(unittest.TestCase):
         self.assertEqual(nobody_reads(), 1, 'chmod g-r masked the entry')
         self.assertEqual(stat.S_IMODE(os.stat(m.bpath('f')).st_mode), 0o600)
 
+    def test_acl_set_by_owner_outside_the_group_clears_setgid(self):
+        m = self._mount(('cache_size=64M', 'allow_other'))
+        if not backing_has_acls(m.backing):
+            self.skipTest('the backing file system has no POSIX ACLs')
+        acl = acl_xattr((ACL_USER_OBJ, 7), (ACL_GROUP_OBJ, 7),
+                        (ACL_OTHER, 7))
+        os.mkdir(m.path('d'))
+        for name, (gid, groups), want in (
+                ('f', (101, []), 0o777),        # not in group 100: cleared
+                ('d', (101, []), 0o777),
+                ('g', (100, []), 0o2777),       # its group: kept
+                ('s', (101, [100]), 0o2777)):   # a supplementary one: kept
+            p = m.path(name)
+            if name != 'd':
+                sp.write_file(p, b'x')
+            os.chown(p, 100, 100)
+            os.chmod(p, 0o2755)
+
+            def child():
+                os.setgroups(groups)
+                os.setresgid(gid, gid, gid)
+                os.setresuid(100, 100, 100)
+                os.setxattr(p, 'system.posix_acl_access', acl)
+                return 0
+
+            self.assertEqual(in_child(child), 0, name)
+            self.assertEqual(oct(stat.S_IMODE(os.stat(p).st_mode)), oct(want),
+                             f'{name}: set by uid 100, gid {gid}, groups '
+                             f'{groups}')
+
     def test_default_acl_gives_new_modes_not_umask(self):
         m = self._mount(('cache_size=64M',))
         if not backing_has_acls(m.backing):
