@@ -22,6 +22,7 @@
 #include "log.h"
 #include "opts.h"
 #include "prune.h"
+#include "remount.h"
 
 /* Workers stay alive when idle: creating a thread per request burst costs
  * more than the requests. */
@@ -331,6 +332,14 @@ int main(int argc, char *argv[])
 		fflush(stdout);
 		fuse_lowlevel_version();
 		status = 0;
+		goto out_opts;
+	}
+	if (o.remount) {
+		/* mount(8) gives the source and the mount point, or just the
+		 * mount point. */
+		status = remount_mounted(o.mount_arg ? o.mount_arg
+						     : o.backing_arg,
+					 o.readonly) ? 1 : 0;
 		goto out_opts;
 	}
 	if (opts_check(&o))

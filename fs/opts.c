@@ -47,6 +47,7 @@ enum {
 	KEY_MMAP,
 	KEY_MODE,
 	KEY_DISCARD,
+	KEY_REMOUNT,
 };
 
 static const struct fuse_opt opts_spec[] = {
@@ -71,6 +72,7 @@ static const struct fuse_opt opts_spec[] = {
 	FUSE_OPT_KEY("rebuild_state", KEY_REBUILD),
 	FUSE_OPT_KEY("allow_mmap", KEY_MMAP),
 	FUSE_OPT_KEY("cache_mode=", KEY_MODE),
+	FUSE_OPT_KEY("remount", KEY_REMOUNT),
 	/* fstab words that mean nothing to a FUSE mount. */
 	FUSE_OPT_KEY("defaults", KEY_DISCARD),
 	FUSE_OPT_KEY("auto", KEY_DISCARD),
@@ -136,6 +138,9 @@ static int opts_proc(void *data, const char *arg, int key,
 	case KEY_RW:
 		o->readonly = false;
 		return 1;
+	case KEY_REMOUNT:
+		o->remount = true;
+		return 0;
 	case KEY_FSNAME:
 		o->has_fsname = true;
 		return 1;
@@ -616,6 +621,9 @@ void opts_usage(const char *prog)
 	       "                           the kernel, or per file at open: the\n"
 	       "                           kernel unless it shares (default auto)\n"
 	       "    -o ro                  read-only mount\n"
+	       "    -o remount,ro|rw       set or clear the read-only flag of\n"
+	       "                           the mount at MOUNTPOINT (as mount(8)\n"
+	       "                           -o remount does), then exit\n"
 	       "\n"
 	       "FUSE options:\n", prog);
 	fflush(stdout);

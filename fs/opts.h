@@ -59,6 +59,7 @@ struct opts {
 	bool readonly;
 	bool help;
 	bool version;
+	bool remount;            /* -o remount: remount_mounted(), no daemon */
 
 	uint64_t cache_size;
 	unsigned writeback_ms;

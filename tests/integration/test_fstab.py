@@ -10,6 +10,7 @@ mount namespace where a temp dir holding a `samepagefs` link is bound over
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
 import subprocess
@@ -106,6 +107,45 @@ class Fstab(unittest.TestCase):
         sp.write_file(os.path.join(self.mnt, 'f'), b'fstab')
         self.umount_and_check()
         self.assertEqual(sp.read_file(os.path.join(self.backing, 'f')), b'fstab')
+
+    def remount(self, how):
+        """mount -o remount,how: that flag changes, no other (nosuid,
+        nodev, ... stay), and the same daemon serves the mount."""
+        def others():
+            return set(sp.mount_entry(self.mnt)[3].split(',')) - {'ro', 'rw'}
+
+        before = others()
+        r = subprocess.run(['mount', '-o', f'remount,{how}', self.mnt],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, f'remount,{how}: {r.stderr}')
+        self.assertIn(how, sp.mount_entry(self.mnt)[3].split(','))
+        self.assertEqual(others(), before, f'remount,{how}')
+        self.assertEqual(sp.find_daemon_pid(self.mnt), self.pid,
+                         'remount started another daemon')
+
+    def test_remount_read_only_and_back(self):
+        self.mount(['-t', 'fuse.samepagefs', '-o', 'cache_size=64M,nosuid',
+                    self.backing, self.mnt])
+        f = os.path.join(self.mnt, 'f')
+        sp.write_file(f, b'before')
+        self.remount('ro')
+        self.assertEqual(sp.read_file(f), b'before')
+        for op in (lambda: open(f, 'ab'),
+                   lambda: os.mkdir(os.path.join(self.mnt, 'd'))):
+            with self.assertRaises(OSError) as cm:
+                op()
+            self.assertEqual(cm.exception.errno, errno.EROFS)
+        self.remount('rw')
+        sp.write_file(f, b'after')
+        self.umount_and_check()
+        self.assertEqual(sp.read_file(os.path.join(self.backing, 'f')),
+                         b'after')
+
+    def test_remount_of_what_is_not_samepage_fails(self):
+        r = subprocess.run([sp.SAMEPAGEFS, '-o', 'remount,ro', self.tmp],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('no samepage mount is there', r.stderr)
 
 
 if __name__ == '__main__':
