@@ -172,10 +172,11 @@ static int opts_proc(void *data, const char *arg, int key,
 	case KEY_DISCARD:
 		return 0;
 	case FUSE_OPT_KEY_NONOPT:
+		/* A path is taken whole: it may hold '='. */
 		if (!o->backing_arg)
-			return opts_set_str(&o->backing_arg, arg);
+			return (o->backing_arg = strdup(arg)) ? 0 : -1;
 		if (!o->mount_arg)
-			return opts_set_str(&o->mount_arg, arg);
+			return (o->mount_arg = strdup(arg)) ? 0 : -1;
 		opts_error("unexpected argument '%s' (the mount point is '%s')",
 			   arg, o->mount_arg);
 		return -1;

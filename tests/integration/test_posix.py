@@ -11,6 +11,7 @@ import errno
 import fcntl
 import mmap
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -772,6 +773,23 @@ class TestReadOnly(unittest.TestCase):
             self.assertEqual(cm.exception.errno, errno.EROFS)
         self.assertEqual(sp.read_file(m.bpath('f')), b'read only')
         self.assertEqual(stat.S_IMODE(os.stat(m.bpath('f')).st_mode), 0o644)
+
+
+class TestPaths(unittest.TestCase):
+
+    def test_backing_dir_named_with_equals_sign_and_comma(self):
+        sp.require_env()
+        tmp = tempfile.mkdtemp(prefix='sp-paths-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        backing = os.path.join(tmp, 'a=b,c')
+        os.mkdir(backing)
+        m = sp.Mount(opts=('cache_size=64M',), backing=backing)
+        self.addCleanup(m.cleanup)
+        m.start()
+        sp.write_file(m.path('f'), b'under a=b,c')
+        m.stop()
+        self.assertEqual(sp.read_file(os.path.join(backing, 'f')),
+                         b'under a=b,c')
 
 
 class TestOtherUsers(unittest.TestCase):
