@@ -30,8 +30,11 @@ static const char *const store_db_names[SDB_COUNT] = {
 };
 
 #define STORE_MAX_READERS 512
-/* How long store_open waits for another opener to let go (50 ms steps). */
-#define STORE_LOCK_TRIES 40
+/* How long store_open waits for another opener to let go (50 ms steps):
+ * 10 s, since umount(8) returns before the daemon it ends has written
+ * back and let go (4 s for 3000 files written just before, measured), and
+ * `umount; mount` of the same directory is common in scripts. */
+#define STORE_LOCK_TRIES 200
 
 /* What messages call the store's directory: given as /proc/self/fd/N
  * (opened before the mount over it, fs/main.c), the path it names. */
