@@ -19,6 +19,7 @@
 
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
+#include <semaphore.h>
 #include <stdbool.h>
 #include <string.h>
 #include <sys/types.h>
@@ -45,6 +46,10 @@ struct spfs {
 	double        timeout;       /* entry and attribute validity, s */
 
 	_Atomic bool  read_ahead_set; /* bdi_set_read_ahead() was tried */
+
+	struct fuse_session *se;     /* set before requests are served */
+	sem_t         inval_slots;   /* request threads that may wait in
+				      * fuse_lowlevel_notify_inval_inode */
 
 	pthread_t     prune;         /* store pruning pass, if started */
 	bool          prune_started;

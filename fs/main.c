@@ -84,6 +84,7 @@ static int spfs_setup(struct spfs *fs, const struct opts *o)
 	int fd, ret;
 
 	memset(fs, 0, sizeof(*fs));
+	sem_init(&fs->inval_slots, 0, SPFS_THREADS / 2);
 	fs->state_fd = -1;
 	fs->opts = o;
 	fs->backing = o->backing;
@@ -203,6 +204,7 @@ static int spfs_stop(struct spfs *fs)
 	/* Dropping the inodes drops their cfiles, which writes them back
 	 * while the store still hears of the files' new identities. */
 	itab_destroy(&fs->itab);
+	sem_destroy(&fs->inval_slots);
 	if (fs->prune_started)
 		prune_stop(fs->prune);
 	if (fs->cache && fs->dedup)
@@ -355,6 +357,7 @@ int main(int argc, char *argv[])
 	se = fuse_session_new(&o.args, &spfs_ops, sizeof(spfs_ops), &fs);
 	if (!se)
 		goto out_stop;
+	fs.se = se;
 	/* Its failures, too, are explained by libfuse in one message. */
 	if (fuse_session_mount(se, o.mountpoint))
 		goto out_session;

@@ -28,8 +28,10 @@
 #include "fs.h"
 
 /* Handles of regular files: the open flags, with this bit so that a handle
- * is never mistaken for 0. */
+ * is never mistaken for 0, and OPS_FH_KCACHE if the kernel caches the
+ * file's pages through the handle (not FUSE direct I/O). */
 #define OPS_FH_VALID (1ull << 63)
+#define OPS_FH_KCACHE (1ull << 62)
 
 /* ops_node.c */
 void ops_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);

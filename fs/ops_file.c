@@ -198,8 +198,10 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 	 * mmap works: libfuse 3.14 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP.
 	 * Kernel mode: the kernel's copy is the only one. */
 	fi->direct_io = !kernel && !fs->allow_mmap;
-	if (!fi->direct_io)
+	if (!fi->direct_io) {
+		fi->fh |= OPS_FH_KCACHE;
 		ops_read_ahead_once(fs);
+	}
 	fi->keep_cache = keep;
 	fi->noflush = !want_write;
 #ifdef HAVE_FUSE_PARALLEL_DIRECT_WRITES
@@ -327,6 +329,32 @@ void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	cfile_put(cf);
 }
 
+/*
+ * An O_DIRECT write to a file the kernel caches: the kernel drops its
+ * pages of the range before the write, and after it only if the write
+ * was synchronous. Readers that read the range meanwhile (through the
+ * page cache) would keep the old bytes after an asynchronous one
+ * (xfstests generic/451), so the pages go again here, once the write is
+ * in the cache and before it is answered: a read still in flight holds
+ * its page locked, so the kernel drops that page once it is read.
+ * Waiting so needs free request threads to answer those reads; at most
+ * half of them wait here at once.
+ */
+static void ops_drop_kernel_pages(struct spfs *fs, fuse_ino_t ino,
+				  uint64_t off, size_t len)
+{
+	int ret;
+
+	while (sem_wait(&fs->inval_slots) && errno == EINTR)
+		;
+	ret = fuse_lowlevel_notify_inval_inode(fs->se, ino, (off_t)off,
+					       (off_t)len);
+	sem_post(&fs->inval_slots);
+	if (ret && ret != -ENOENT)
+		log_warn("dropping the kernel's pages after a direct write: "
+			 "%s", strerror(-ret));
+}
+
 void ops_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 	       off_t off, struct fuse_file_info *fi)
 {
@@ -345,6 +373,9 @@ void ops_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 		return;
 	}
 	n = cache_write(cf, buf, size, (uint64_t)off, append, &where);
+	if (n > 0 && (ops_cur_flags(fi) & O_DIRECT) &&
+	    (fi->fh & OPS_FH_KCACHE))
+		ops_drop_kernel_pages(fs, ino, where, (size_t)n);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else

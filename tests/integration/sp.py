@@ -22,6 +22,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -642,13 +643,14 @@ class Aio:
         writes them one by one at submission."""
         n = len(writes)
         assert n <= self.depth
-        bufs = [ctypes.create_string_buffer(bytes(d), len(d))
-                for d, _ in writes]
+        # Page-aligned buffers (anonymous maps), as O_DIRECT callers use.
+        bufs = [mmap.mmap(-1, max(len(d), 1)) for d, _ in writes]
         iocbs = (_Iocb * n)()
         for i, (d, off) in enumerate(writes):
+            bufs[i][:len(d)] = d
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(bufs[i]))
             iocbs[i] = _Iocb(data=i, opcode=1, fildes=fd,  # IOCB_CMD_PWRITE
-                             buf=ctypes.addressof(bufs[i]), nbytes=len(d),
-                             offset=off)
+                             buf=addr, nbytes=len(d), offset=off)
         ptrs = (ctypes.POINTER(_Iocb) * n)(
             *[ctypes.pointer(iocbs[i]) for i in range(n)])
         done = _libc.syscall(self.submit, self.ctx, n, ptrs)

@@ -834,7 +834,7 @@ class OneFileWriters(unittest.TestCase):
                             'writeback_ms=20'))
 
     def test_writes_in_flight_together_in_auto_mode(self):
-        self.check_batches(('cache_size=2M',))
+        self.check_batches(('cache_size=2M', 'cache_mode=auto'))
 
 
 if __name__ == '__main__':

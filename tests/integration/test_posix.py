@@ -724,6 +724,38 @@ class TestFsOps(PosixCase):
         self.assertEqual(subprocess.run([exe]).returncode, 0)
 
 
+class TestDirectWrites(unittest.TestCase):
+
+    def test_buffered_read_after_async_direct_write_is_fresh(self):
+        """xfstests generic/451: buffered readers run while a file the
+        kernel caches is rewritten by asynchronous O_DIRECT writes
+        (io_uring, tests/integration/direct_cycle.c); once a write has
+        completed, a buffered read returns its bytes."""
+        sp.require_env()
+        helper = os.environ.get('DIRECT_CYCLE') or os.path.join(
+            sp.REPO, 'build', 'tests', 'integration', 'direct_cycle')
+        if not os.access(helper, os.X_OK):
+            self.skipTest(f'{helper} is missing (meson builds it)')
+        # Over a disk image: backing reads slow enough for the race.
+        xfs = sp.XfsImage(sp.XfsImage.MIN_MB)
+        xfs.__enter__()
+        self.addCleanup(xfs.__exit__)
+        backing = os.path.join(xfs.dir, 'backing')
+        os.mkdir(backing)
+        # Auto mode: a file that shares nothing is the kernel's to cache.
+        m = sp.Mount(opts=('cache_size=64M', 'cache_mode=auto'),
+                     backing=backing)
+        self.addCleanup(m.cleanup)
+        m.start()
+        size = 640 * 1024
+        p = m.path('aio')
+        sp.write_file(p, bytes(size))
+        # Two reader processes of its own read the file meanwhile.
+        r = subprocess.run([helper, p, str(size), '4', '2'],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+
 class TestUnmount(PosixCase):
     mount_opts = ('cache_size=64M', 'writeback_ms=600000')
 
