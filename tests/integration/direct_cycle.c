@@ -73,49 +73,77 @@ int main(int argc, char **argv)
 	return ret;
 }
 
+/* One write and read back; 0, 1 if the read predates the write, 2. */
+static int one_round(struct io_uring *ring, const char *path,
+		     const char *want, char *got, size_t size, long round)
+{
+	struct io_uring_sqe *sqe;
+	struct io_uring_cqe *cqe;
+	int fd = open(path, O_RDWR | O_DIRECT), res;
+
+	if (fd < 0 || !(sqe = io_uring_get_sqe(ring))) {
+		perror("open");
+		return 2;
+	}
+	io_uring_prep_write(sqe, fd, want, size, 0);
+	io_uring_submit(ring);
+	res = io_uring_wait_cqe(ring, &cqe);
+	if (!res) {
+		res = cqe->res;
+		io_uring_cqe_seen(ring, cqe);
+	}
+	close(fd);
+	if (res != (int)size) {
+		fprintf(stderr, "write: %d\n", res);
+		return 2;
+	}
+	fd = open(path, O_RDONLY);
+	res = fd < 0 || pread(fd, got, size, 0) != (ssize_t)size;
+	if (fd >= 0)
+		close(fd);
+	if (res) {
+		perror("read");
+		return 2;
+	}
+	for (size_t off = 0; off < size; off += 4096)
+		if (memcmp(got + off, want + off, 4096)) {
+			printf("round %ld: page at %zu predates the write\n",
+			       round, off);
+			return 1;
+		}
+	return 0;
+}
+
 static int cycle(const char *path, size_t size, double seconds)
 {
 	struct io_uring ring;
 	double end = now() + seconds;
-	char *pat[2], *got;
+	char *pat[2] = { NULL, NULL }, *got = malloc(size);
 	long rounds = 0;
+	int ret = 2;
 
-	if (io_uring_queue_init(2, &ring, 0) < 0)
+	if (io_uring_queue_init(2, &ring, 0) < 0) {
+		free(got);
 		return 2;
+	}
 	for (int i = 0; i < 2; i++) {
 		if (posix_memalign((void **)&pat[i], 4096, size))
-			return 2;
+			goto out;
 		memset(pat[i], i ? 0xaa : 0x55, size);
 	}
-	got = malloc(size);
-	while (now() < end) {
-		const char *want = pat[rounds & 1];
-		struct io_uring_sqe *sqe;
-		struct io_uring_cqe *cqe;
-		int fd = open(path, O_RDWR | O_DIRECT);
-
-		if (fd < 0 || !(sqe = io_uring_get_sqe(&ring)))
-			return 2;
-		io_uring_prep_write(sqe, fd, want, size, 0);
-		io_uring_submit(&ring);
-		if (io_uring_wait_cqe(&ring, &cqe) || cqe->res != (int)size) {
-			fprintf(stderr, "write: %d\n", cqe->res);
-			return 2;
-		}
-		io_uring_cqe_seen(&ring, cqe);
-		close(fd);
-		fd = open(path, O_RDONLY);
-		if (fd < 0 || pread(fd, got, size, 0) != (ssize_t)size)
-			return 2;
-		close(fd);
-		for (size_t off = 0; off < size; off += 4096)
-			if (memcmp(got + off, want + off, 4096)) {
-				printf("round %ld: page at %zu predates the write\n",
-				       rounds, off);
-				return 1;
-			}
+	if (!got)
+		goto out;
+	ret = 0;
+	while (!ret && now() < end) {
+		ret = one_round(&ring, path, pat[rounds & 1], got, size, rounds);
 		rounds++;
 	}
-	printf("%ld rounds\n", rounds);
-	return 0;
+	if (!ret)
+		printf("%ld rounds\n", rounds);
+out:
+	io_uring_queue_exit(&ring);
+	free(pat[0]);
+	free(pat[1]);
+	free(got);
+	return ret;
 }
