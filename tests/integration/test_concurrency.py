@@ -796,29 +796,31 @@ class OneFileWriters(unittest.TestCase):
         rng = random.Random(self.seed)
         part = PAGE // self.QUARTERS
         fd = os.open(path, os.O_RDWR | os.O_DIRECT)
-        aio = sp.Aio(8)
         try:
-            for r in range(self.ROUNDS):
-                batch = [(bytes([0xa0 + (r + i) % 4]) * self.RANGE,
-                          self.RANGE_OFF) for i in range(4)]
-                for k in range(self.QUARTERS):
-                    page = rng.randrange(self.FIRST_QUARTER_PAGE,
-                                         self.SIZE // PAGE)
-                    batch.append((rng.randbytes(part), page * PAGE + k * part))
-                res = aio.pwrite_all(fd, batch)
-                self.assertEqual(res, [len(d) for d, _ in batch],
-                                 f'seed {self.seed} round {r}')
-                got = os.pread(fd, self.RANGE, self.RANGE_OFF)
-                self.assertEqual(got.count(got[:1]), self.RANGE,
-                                 f'seed {self.seed} round {r}: the range '
-                                 f'holds bytes of several writes: {set(got)}')
-                for d, off in batch[4:]:
-                    model[off:off + part] = d
-                    self.assertEqual(os.pread(fd, part, off), d,
+            with sp.Aio(8) as aio:
+                for r in range(self.ROUNDS):
+                    batch = [(bytes([0xa0 + (r + i) % 4]) * self.RANGE,
+                              self.RANGE_OFF) for i in range(4)]
+                    for k in range(self.QUARTERS):
+                        page = rng.randrange(self.FIRST_QUARTER_PAGE,
+                                             self.SIZE // PAGE)
+                        batch.append((rng.randbytes(part),
+                                      page * PAGE + k * part))
+                    res = aio.pwrite_all(fd, batch)
+                    self.assertEqual(res, [len(d) for d, _ in batch],
+                                     f'seed {self.seed} round {r}')
+                    got = os.pread(fd, self.RANGE, self.RANGE_OFF)
+                    self.assertEqual(got.count(got[:1]), self.RANGE,
                                      f'seed {self.seed} round {r}: the '
-                                     f'quarter at {off} lost its write')
+                                     'range holds bytes of several '
+                                     f'writes: {set(got)}')
+                    for d, off in batch[4:]:
+                        model[off:off + part] = d
+                        self.assertEqual(os.pread(fd, part, off), d,
+                                         f'seed {self.seed} round {r}: '
+                                         f'the quarter at {off} lost its '
+                                         'write')
         finally:
-            aio.__exit__()
             os.close(fd)
         skip = self.FIRST_QUARTER_PAGE * PAGE
         got = sp.read_file(path)
