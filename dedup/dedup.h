@@ -107,8 +107,9 @@ int dedup_format_knobs(struct dedup *d, char *buf, size_t len);
 void dedup_flush(struct dedup *d);
 /* What is known, without reading its pages, that f shares pages with
  * other files: an extent shared with another file (a reflinked clone, by
- * FIEMAP), or records in the store under the identity f has now (its
- * pages were shared before). No lock held. */
+ * FIEMAP), or records of content (not only of zero pages) in the store
+ * under the identity f has now (its pages were shared before). No lock
+ * held. */
 bool dedup_file_shares(struct dedup *d, struct cfile *f);
 /* Has f, cached in shared mode, stopped sharing? Asked again only once
  * two more full scans have run since *since (dedup_full_scans() when it

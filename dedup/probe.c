@@ -120,7 +120,9 @@ bool dedup_file_shares(struct dedup *d, struct cfile *f)
 	pthread_rwlock_rdlock(&f->pidx_lock);
 	persist_store_ident(&f->ident, &id);
 	pthread_rwlock_unlock(&f->pidx_lock);
-	return store_file_match(d->store, &id, &sid) == 0;
+	/* A file the store knows only by zero pages shared nothing. */
+	return store_file_match(d->store, &id, &sid) == 0 &&
+	       store_file_has_content(d->store, sid) != 0;
 }
 
 /* Two: the scan under way at *since may have passed the file's pages

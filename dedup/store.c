@@ -1,7 +1,8 @@
 /*
  * store: the reads made on the caller's thread, each a short read-only
  * transaction: a file's identity (store_file_match), the records of its
- * pages (store_get_recs), the pass that finds the files gone
+ * pages (store_get_recs) and whether any holds content
+ * (store_file_has_content), the pass that finds the files gone
  * (store_prune_missing) and the statistics. See store.h for the schema
  * and the contract, store_i.h for the locking. Opening and closing are in
  * store_open.c, queueing updates in store_queue.c, committing them in
@@ -183,6 +184,38 @@ int store_get_recs(struct store *s, uint64_t file_id, uint64_t first,
 	}
 	*ngroups = used;
 	return 0;
+}
+
+/* Recipes looked at before store_file_has_content() gives up. */
+#define CONTENT_WALK 4096u
+
+int store_file_has_content(struct store *s, uint64_t file_id)
+{
+	uint8_t k[STORE_RECIPE_KEY], v[STORE_RECIPE_VAL];
+	MDB_cursor_op op = MDB_SET_RANGE;
+	struct store_recipe r;
+	unsigned walked = 0;
+	int found = 0;
+	struct stxn t;
+
+	if (!s->env || !s->have_dbs || store_masked(s, file_id))
+		return 0;
+	store_key2(k, file_id, 0);
+	stxn_begin(s, &t, false);
+	while (stxn_seek(&t, SDB_RECIPES, op, k, sizeof(k), v, sizeof(v)) &&
+	       store_get64(k) == file_id) {
+		op = MDB_NEXT;
+		store_recipe_dec(k, v, &r);
+		/* So many zero recipes: too long to tell, say yes. */
+		if (r.run != STORE_RUN_ZERO || ++walked >= CONTENT_WALK) {
+			found = 1;
+			break;
+		}
+	}
+	if (t.rc)
+		found = store_errno(t.rc);
+	stxn_abort(&t);
+	return found;
 }
 
 #define PRUNE_CHUNK 1024u

@@ -183,6 +183,12 @@ int store_file_match(struct store *s, const struct store_ident *id,
 int store_get_recs(struct store *s, uint64_t file_id, uint64_t first,
 		   unsigned n, struct store_rec *recs,
 		   struct store_group *groups, unsigned *ngroups);
+/* 1 if a page of a matched file has a record of content (not of zeros),
+ * 0 if none does; -errno. Records are made of pages found shared
+ * (persist_i.h), so this says the file shared something when its pages
+ * were last read; a file with only zero records shared nothing worth
+ * knowing (zeros are everywhere). */
+int store_file_has_content(struct store *s, uint64_t file_id);
 /* The digest of a group: SHA-256 over its members' SHA-256s, in order.
  * 0, or -EIO if it could not be computed (then nothing is trusted). */
 int store_group_digest(const uint8_t members[STORE_GROUP][STORE_SHA256_LEN],

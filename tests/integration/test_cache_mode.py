@@ -9,6 +9,7 @@ every switch, with writers, with changes behind the mount, and in the
 kernel's cache kept between opens.
 """
 
+import mmap
 import os
 import subprocess
 import sys
@@ -219,6 +220,31 @@ class AutoMode(sp.MountTestCase):
             self.assertEqual(mode_of(pa), 'kernel')
         self.assertEqual(self.m.stats()['mode_switches'], switches + 1)
         self.assertEqual(sp.read_file(pb), other)
+
+    def test_after_restart_only_content_records_mean_sharing(self):
+        data = os.urandom(64 * PAGE)
+        for n in ('a', 'b'):
+            sp.write_synced(self.m.bpath(n), data)
+        for _ in range(2):  # found by the kernel-mode reads, then shared
+            for n in ('a', 'b'):
+                self.assertEqual(sp.read_file(self.m.path(n)), data)
+        # A lone file, mostly a hole, written through the mount: its zero
+        # pages may be recorded, and say nothing about sharing.
+        pu = self.m.path('u')
+        with open(pu, 'wb') as f:
+            f.truncate(4 * PAGE)
+            f.write(b'X' * 100)
+        self.assertEqual(sp.read_file(pu), b'X' * 100 + bytes(4 * PAGE - 100))
+        self.m.scan()
+        self.m.remount()
+        self.assertEqual(sp.read_file(self.m.path('a')), data)
+        self.assertEqual(mode_of(self.m.path('a')), 'shared')
+        # The kernel caches u, so it can be mapped shared and written.
+        with open(pu, 'r+b') as f:
+            with mmap.mmap(f.fileno(), PAGE) as m:
+                m[0:4] = b'mmap'
+            self.assertEqual(mode_of(pu), 'kernel')
+        self.assertEqual(sp.read_file(pu)[:104], b'mmap' + b'X' * 96 + bytes(4))
 
 
 class AutoModeReflinks(test_reflink.ReflinkCase):

@@ -57,6 +57,34 @@ static void test_round_trip_survives_reopen(void)
 	CHECK_EQ(store_open_readonly(case_dir("nonexistent"), &s), -ENOENT);
 }
 
+/* Zero records say nothing about sharing; one digest does, until the
+ * page holding it changes. */
+static void test_has_content_ignores_zero_records(void)
+{
+	struct store *s = open_ok(case_dir("content"), 0);
+	struct store_ident id = ident(3, 9 * PG), now;
+	struct dg d = dg_of(5, 0);
+	uint64_t fid;
+
+	for (uint64_t i = 0; i < 8; i++)
+		REQUIRE(store_put_page(s, &id, i, NULL, NULL, 0) == 0);
+	CHECK_EQ(store_sync(s), 0);
+	REQUIRE(store_file_match(s, &id, &fid) == 0);
+	CHECK_EQ(store_file_has_content(s, fid), 0);
+
+	REQUIRE(store_put_page(s, &id, 8, d.b, NULL, 0) == 0);
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_file_has_content(s, fid), 1);
+
+	now = id;
+	now.ctime_ns += 5;
+	CHECK_EQ(store_file_changed(s, id.dev, id.ino, &now, 8, 1), 0);
+	CHECK_EQ(store_file_has_content(s, fid), 0);    /* before commit */
+	CHECK_EQ(store_sync(s), 0);
+	CHECK_EQ(store_file_has_content(s, fid), 0);
+	store_close(s);
+}
+
 static void check_mismatch(struct store *s, const struct store_ident *good,
 			   struct store_ident bad)
 {
@@ -514,6 +542,7 @@ int main(void)
 	root = testfs_init();
 	RUN(test_round_trip_survives_reopen);
 	RUN(test_identity_mismatch_is_stale);
+	RUN(test_has_content_ignores_zero_records);
 	RUN(test_file_changed_drops_range_keeps_rest);
 	RUN(test_copies_share_a_run_counts_follow);
 	RUN(test_8_copies_one_run_eight_recipes);
