@@ -518,7 +518,9 @@ void ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct inode *victim = NULL;
 	int ret = 0;
 
-	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) {
+	/* The kernel has checked CAP_MKNOD for RENAME_WHITEOUT (overlayfs
+	 * uses it on its upper layer); the backing fs checks the rest. */
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT)) {
 		fuse_reply_err(req, EINVAL);
 		return;
 	}

@@ -29,6 +29,7 @@ libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
 PAGE = 4096
 NOBODY = 65534
 
@@ -445,6 +446,22 @@ class TestNames(PosixCase):
         self.assertTrue(os.path.isdir(self.m.path('a')))
         self.assertTrue(os.path.isdir(self.m.bpath('a')))
         self.assertSynced('b', pattern(PAGE + 1, 1))
+
+    def test_rename_whiteout_leaves_a_whiteout(self):
+        # As overlayfs uses it on an upper layer: the old name becomes a
+        # character device 0:0, the target is replaced.
+        sp.write_file(self.m.path('a'), pattern(PAGE + 1, 2))
+        sp.write_file(self.m.path('b'), b'old')
+        renameat2(self.m.path('a'), self.m.path('b'), RENAME_WHITEOUT)
+        for p in (self.m.path('a'), self.m.bpath('a')):
+            st = os.lstat(p)
+            self.assertTrue(stat.S_ISCHR(st.st_mode), p)
+            self.assertEqual(st.st_rdev, 0, p)
+        self.assertSynced('b', pattern(PAGE + 1, 2))
+        with self.assertRaises(OSError) as cm:
+            renameat2(self.m.path('b'), self.m.path('c'),
+                      RENAME_WHITEOUT | RENAME_EXCHANGE)
+        self.assertEqual(cm.exception.errno, errno.EINVAL)
 
     def test_hardlink_shares_content_and_nlink(self):
         sp.write_file(self.m.path('a'), pattern(2 * PAGE, 1))
