@@ -29,6 +29,9 @@ static void ops_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_DIO;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* chattr on directories too (ops_ioctl.c). */
+	if (conn->capable & FUSE_CAP_IOCTL_DIR)
+		conn->want |= FUSE_CAP_IOCTL_DIR;
 	/*
 	 * POSIX ACLs as on the backing file system: the kernel checks them
 	 * (its default_permissions) and leaves the caller's umask to us, so
@@ -111,4 +114,5 @@ const struct fuse_lowlevel_ops spfs_ops = {
 	.fallocate       = ops_fallocate,
 	.lseek           = ops_lseek,
 	.copy_file_range = ops_copy_file_range,
+	.ioctl           = ops_ioctl,
 };

@@ -5,7 +5,8 @@
  * (lookup, forget, getattr, setattr, mknod, mkdir, symlink, link, unlink,
  * rmdir, rename, readlink, statfs), ops_dir.c directory handles, ops_file.c
  * file handles and the data path through the cache, ops_xattr.c extended
- * attributes and the control names, ops.c the table, init and destroy.
+ * attributes and the control names, ops_ioctl.c inode flags (chattr),
+ * ops.c the table, init and destroy.
  *
  * Invariants: a request is answered exactly once. Every entry replied
  * counts one lookup of its inode (readdirplus too, and it forgets the
@@ -32,6 +33,9 @@
  * file's pages through the handle (not FUSE direct I/O). */
 #define OPS_FH_VALID (1ull << 63)
 #define OPS_FH_KCACHE (1ull << 62)
+/* The file was append-only when the handle was opened for writing: its
+ * writes must keep O_APPEND (fcntl cannot clear it on a local fs). */
+#define OPS_FH_APPEND_ONLY (1ull << 61)
 
 /* ops_node.c */
 void ops_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
@@ -106,6 +110,18 @@ void ops_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			 struct fuse_file_info *fi_in, fuse_ino_t ino_out,
 			 off_t off_out, struct fuse_file_info *fi_out,
 			 size_t len, int flags);
+
+/* ops_ioctl.c */
+void ops_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned cmd, void *arg,
+	       struct fuse_file_info *fi, unsigned flags, const void *in_buf,
+	       size_t in_bufsz, size_t out_bufsz);
+/* The inode flags (FS_*_FL) of an open backing descriptor; none where
+ * the backing file system keeps none. */
+int ops_fsflags_of_fd(int fd, unsigned *flags);
+/* -EPERM if inode flags fsflags forbid an open with open_flags for
+ * writing (immutable; append-only without O_APPEND, or with O_TRUNC), as
+ * the VFS refuses it on a local file system. */
+int ops_fsflags_allow_open(unsigned fsflags, int open_flags);
 
 /* ops_xattr.c */
 void ops_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,

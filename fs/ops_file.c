@@ -1,6 +1,7 @@
 /* ops_file: file handles and the data path through the cache; see ops.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +166,7 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 			  struct fuse_file_info *fi)
 {
 	bool want_write = ops_flags_write(fi->flags);
+	unsigned fsflags = 0;
 	bool kernel, keep;
 	struct cfile *cf;
 	int ret;
@@ -177,6 +179,15 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 	ret = inode_open(&fs->itab, fs->cache, in, want_write, &cf);
 	if (ret)
 		return ret;
+	/* The kernel cannot see the backing file's immutable and
+	 * append-only flags, and our descriptor is older than they may be. */
+	if (want_write) {
+		ret = ops_fsflags_of_fd(cfile_backing_fd(cf), &fsflags);
+		if (!ret)
+			ret = ops_fsflags_allow_open(fsflags, fi->flags);
+		if (ret)
+			goto out_release;
+	}
 	/* Close-to-open: a file changed behind the mount drops its pages. */
 	ret = cfile_revalidate(cf);
 	if (ret)
@@ -192,6 +203,8 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 	if (fi->flags & O_TRUNC)
 		keep = false; /* truncated here, behind the kernel's pages */
 	fi->fh = OPS_FH_VALID | (uint32_t)fi->flags;
+	if (fsflags & FS_APPEND_FL)
+		fi->fh |= OPS_FH_APPEND_ONLY;
 	/* Shared mode: the cache is the only copy, no kernel page cache, no
 	 * flush on close of a handle that never wrote. With -o allow_mmap
 	 * the kernel caches the file too (twice the memory), so that shared
@@ -366,6 +379,8 @@ void ops_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 	ssize_t n;
 
 	n = ops_io_check(cf, off);
+	if (!n && (fi->fh & OPS_FH_APPEND_ONLY) && !append && !fi->writepage)
+		n = -EPERM;
 	if (!n)
 		n = ops_modify_privs(req, in);
 	if (n) {

@@ -1,6 +1,7 @@
 /* ops_node: namespace and attribute operations; see ops.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <limits.h>
 #include <linux/capability.h>
 #include <sched.h>
@@ -168,6 +169,7 @@ static int ops_set_owner(struct inode *in, uid_t uid, gid_t gid)
 
 static int ops_set_size(struct spfs *fs, struct inode *in, off_t size)
 {
+	unsigned fsflags;
 	struct cfile *cf;
 	int ret;
 
@@ -182,7 +184,11 @@ static int ops_set_size(struct spfs *fs, struct inode *in, off_t size)
 	ret = inode_cfile(fs->cache, in, true, &cf);
 	if (ret)
 		return ret;
-	ret = cache_truncate(cf, (uint64_t)size);
+	ret = ops_fsflags_of_fd(cfile_backing_fd(cf), &fsflags);
+	if (!ret && (fsflags & (FS_IMMUTABLE_FL | FS_APPEND_FL)))
+		ret = -EPERM;
+	if (!ret)
+		ret = cache_truncate(cf, (uint64_t)size);
 	cfile_put(cf);
 	return ret;
 }
