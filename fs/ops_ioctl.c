@@ -20,6 +20,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "cache.h"
 #include "ops.h"
 
 /* A descriptor of the backing inode that ioctl(2) takes (in->fd is
@@ -115,6 +116,19 @@ void ops_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned cmd, void *arg,
 	memset(&buf, 0, sizeof(buf));
 	if (sets)
 		memcpy(&buf, in_buf, size);
+	if (sets && S_ISREG(in->type)) {
+		/* Written data goes to disk first, as it would on a local fs:
+		 * once the file is immutable, it could not. */
+		struct cfile *cf = inode_cfile_ref(in);
+
+		ret = cf ? -cache_flush_file(cf) : 0;
+		if (cf)
+			cfile_put(cf);
+		if (ret) {
+			fuse_reply_err(req, ret);
+			return;
+		}
+	}
 	fd = ops_ioctl_fd(in);
 	if (fd < 0) {
 		fuse_reply_err(req, -fd);
@@ -128,6 +142,10 @@ void ops_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned cmd, void *arg,
 	if (ioctl(fd, ucmd, &buf))
 		ret = errno;
 	close(fd);
+	/* The change moved ctime; the kernel would show its cached one
+	 * until the attributes time out. */
+	if (!ret && sets)
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 	if (ret)
 		fuse_reply_err(req, ret);
 	else
