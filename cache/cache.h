@@ -116,9 +116,9 @@ struct cache_stats {
 	uint64_t file_reattaches;      /* kept files opened again */
 	uint64_t uring_fallbacks;      /* (g) threads doing I/O without
 					* io_uring (preadv/pwritev) */
-	uint64_t direct_read_pages;    /* pages of kernel-mode files read
-					* from the backing file, no frame
-					* taken (not misses) */
+	uint64_t direct_read_pages;    /* pages of kernel-mode files (and
+					* past 4 PiB) read from the backing
+					* file, no frame taken (not misses) */
 };
 
 int cache_create(const struct cache_config *cfg, struct cache **out);
@@ -203,7 +203,9 @@ void cache_read_release(struct cfile *f, struct cache_read_ctx *rc);
 ssize_t cache_pread(struct cfile *f, void *buf, size_t len, uint64_t off);
 
 /* Write len bytes at off; with append, at the end of file (*off_out says
- * where). Returns bytes written or -errno. */
+ * where). Returns bytes written or -errno (-EFBIG past INT64_MAX). Bytes
+ * past 4 PiB, where frames cannot map pages, are written and read
+ * uncached (direct.c). */
 ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		    uint64_t off, bool append, uint64_t *off_out);
 

@@ -187,11 +187,19 @@ void cache_unmap_page_locked(struct cache *c, struct cfile *f,
 int fill_pages(struct cfile *f, const uint64_t *idx, uint32_t *out,
 	       unsigned n, unsigned how);
 
-/* direct.c: kernel mode (cache.h). A read of a kernel-mode file, as
+/* direct.c: kernel mode (cache.h). A read of a kernel-mode file (or one
+ * reaching past CACHE_MAPPED_END), as
  * cache_read (len capped to a request, not yet to the size); and the drop
  * of the file's private clean pages in [first, end) (no lock held). */
 int cache_read_direct(struct cfile *f, uint64_t off, size_t len,
 		      struct cache_read_ctx *rc);
+/* Write bytes that lie wholly past the pages a frame can map
+ * (CACHE_MAPPED_END) to the backing file, uncached; the caller holds the
+ * range lock and inval_lock shared. Bytes written, or -errno. */
+ssize_t cache_write_unmapped(struct cfile *f, const void *buf, size_t len,
+			     uint64_t off);
+/* Where the pages a frame can map end (MAP_INDEX_MAX: 4 PiB). */
+#define CACHE_MAPPED_END ((MAP_INDEX_MAX + 1) << CACHE_PAGE_SHIFT)
 void cache_drop_private(struct cfile *f, uint64_t first, uint64_t end);
 /* cache.c: drop the page (f, index) -> fid if f is its only mapper and it
  * is clean and unpinned; f's pidx_lock (write) and map_lock held. */

@@ -10,12 +10,20 @@
  * dirty pages stay in the index until written back, and inval_lock, held
  * shared over the read, keeps a truncate or punch from coming between
  * the look-up and the disk.
+ *
+ * Pages past MAP_INDEX_MAX (4 PiB), which no frame can map, take the same
+ * path in any mode: reads as above, writes straight to the backing file
+ * (cache_write_unmapped), so that a file may reach the backing file
+ * system's own limit.
  */
 #include "cache_i.h"
 #include "bio.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PG CACHE_PAGE_SIZE
 /* Pages per backing request, as for fills: several in flight at once. */
@@ -45,6 +53,29 @@ static int copy_pinned(struct cache *c, uint32_t *fids, unsigned n, char *buf)
 	return ret;
 }
 
+/* The last page an off_t reaches: a read of all of it would end past
+ * INT64_MAX (EINVAL), so it is read a byte short, buffered (O_DIRECT takes
+ * whole pages); that byte is past the end of any file. Bytes read or
+ * -errno; the rest of the page is zeroed. */
+static ssize_t read_last_page(struct cfile *f, uint64_t at, char *dst)
+{
+	char p[64];
+	ssize_t n;
+	int fd;
+
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", f->path_fd);
+	fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = pread(fd, dst, PG - 1, (off_t)at);
+	if (n < 0)
+		n = -errno;
+	close(fd);
+	if (n >= 0)
+		memset(dst + n, 0, PG - (size_t)n);
+	return n;
+}
+
 /* Read the pages not pinned from the backing file; past bsize they are
  * zero without I/O. Returns 0 or -errno; *eof is where the disk ended
  * short of bsize (UINT64_MAX if it did not), *disk how many pages it
@@ -68,6 +99,16 @@ static int read_missing(struct cfile *f, uint64_t first, unsigned n,
 			continue;
 		if (at >= bsize) {
 			memset(buf + (size_t)i * PG, 0, PG);
+			continue;
+		}
+		if (at > (uint64_t)INT64_MAX - PG) {
+			ssize_t got = read_last_page(f, at, buf + (size_t)i * PG);
+
+			if (got < 0)
+				return (int)got;
+			(*disk)++;
+			if (at + (uint64_t)got < bsize)
+				*eof = at + (uint64_t)got;
 			continue;
 		}
 		iov[i] = (struct iovec){ buf + (size_t)i * PG, PG };
@@ -111,7 +152,8 @@ static void probe_sharing(struct cfile *f, uint64_t first, unsigned n,
 {
 	struct cache *c = f->cache;
 
-	if (!c->share.probe || atomic_load(&f->sharing_found))
+	if (!c->share.probe || atomic_load(&f->sharing_found) ||
+	    !atomic_load(&f->kernel_mode))
 		return;
 	for (unsigned i = 0; i < n; i++) {
 		if (fids[i] || ((first + i + 1) << CACHE_PAGE_SHIFT) > bsize)
@@ -205,4 +247,49 @@ void cache_drop_private(struct cfile *f, uint64_t first, uint64_t end)
 			break;
 	}
 	pthread_rwlock_unlock(&f->pidx_lock);
+}
+
+ssize_t cache_write_unmapped(struct cfile *f, const void *buf, size_t len,
+			     uint64_t off)
+{
+	struct cache *c = f->cache;
+	size_t done = 0;
+	char p[64];
+	int fd, ret = 0;
+
+	/* Buffered: O_DIRECT takes whole aligned pages only. */
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", f->path_fd);
+	fd = open(p, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	while (done < len) {
+		ssize_t n = pwrite(fd, (const char *)buf + done, len - done,
+				   (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			ret = n < 0 ? -errno : -EIO;
+			break;
+		}
+		done += (size_t)n;
+	}
+	close(fd);
+	if (done) {
+		uint64_t end = off + done;
+
+		pthread_rwlock_wrlock(&f->pidx_lock);
+		if (end > f->size)
+			f->size = end;
+		if (end > f->backing_size)
+			f->backing_size = end;
+		cfile_stat_ident(f, &f->ident);
+		if (c->share.file_changed)
+			c->share.file_changed(c->share.ctx, f,
+					      off >> CACHE_PAGE_SHIFT,
+					      ((end - 1) >> CACHE_PAGE_SHIFT) -
+						      (off >> CACHE_PAGE_SHIFT) + 1);
+		pthread_rwlock_unlock(&f->pidx_lock);
+	}
+	return done ? (ssize_t)done : ret;
 }

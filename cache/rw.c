@@ -349,7 +349,7 @@ int cache_read(struct cfile *f, uint64_t off, size_t len,
 	memset(rc->fids, 0, sizeof(rc->fids));
 	if (len > (size_t)CACHE_MAX_IO_PAGES * PG)
 		len = (size_t)CACHE_MAX_IO_PAGES * PG;
-	if (atomic_load(&f->kernel_mode))
+	if (atomic_load(&f->kernel_mode) || off + len > CACHE_MAPPED_END)
 		return cache_read_direct(f, off, len, rc);
 	size = cfile_size(f);
 	if (off >= size || !len)
@@ -728,7 +728,7 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		    uint64_t off, bool append, uint64_t *off_out)
 {
 	struct cache *c = f->cache;
-	size_t done = 0;
+	size_t done = 0, mapped;
 	unsigned chunk = WRITE_CHUNK;
 	struct range_held range;
 	int ret = 0;
@@ -743,22 +743,25 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 	}
 	if (off_out)
 		*off_out = off;
-	/* A mapping holds page indexes up to MAP_INDEX_MAX (4 PiB). */
-	if (off + len < off ||
-	    ((off + len + PG - 1) >> CACHE_PAGE_SHIFT) > MAP_INDEX_MAX) {
+	if (off + len < off || off + len > (uint64_t)INT64_MAX) {
 		ret = -EFBIG;
 		goto out_unlock;
 	}
+	/* A mapping holds page indexes up to MAP_INDEX_MAX (4 PiB): bytes
+	 * past them go to the backing file, uncached. */
+	mapped = off >= CACHE_MAPPED_END ? 0
+		 : off + len > CACHE_MAPPED_END ? (size_t)(CACHE_MAPPED_END - off)
+						: len;
 	if (!append)
 		range_lock(&f->write_range, &range, off >> CACHE_PAGE_SHIFT,
 			   (off + len - (len != 0)) >> CACHE_PAGE_SHIFT);
 	pthread_rwlock_rdlock(&f->inval_lock);
-	while (done < len) {
+	while (done < mapped) {
 		uint64_t at = off + done;
 		uint64_t chunk_end = ((at >> CACHE_PAGE_SHIFT) + chunk)
 				     << CACHE_PAGE_SHIFT;
-		size_t n = chunk_end - at < len - done ? chunk_end - at
-						       : len - done;
+		size_t n = chunk_end - at < mapped - done ? chunk_end - at
+							  : mapped - done;
 
 		ret = write_chunk(f, (const char *)buf + done, n, at);
 		if (ret == -EAGAIN && chunk > 1) {
@@ -774,6 +777,15 @@ ssize_t cache_write(struct cfile *f, const void *buf, size_t len,
 		if (atomic_load(&c->nr_dirty) * 2 >
 		    __atomic_load_n(&c->ft.limit, __ATOMIC_RELAXED))
 			cache_wb_kick(c);
+	}
+	if (!ret && done < len) {
+		ssize_t n = cache_write_unmapped(f, (const char *)buf + done,
+						 len - done, off + done);
+
+		if (n < 0)
+			ret = (int)n;
+		else
+			done += (size_t)n;
 	}
 	/* writeback_ms=0: write-through, on disk before the write returns.
 	 * A kernel-mode file's written pages stay here, dirty, until written

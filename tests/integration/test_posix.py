@@ -878,6 +878,58 @@ class TestInodeFlags(PosixCase):
             os.close(fd)
         self.assertSynced('f', data + b'tail')
 
+class TestHugeOffsets(unittest.TestCase):
+    """Files as large as XFS allows (2^63 - 1 bytes), as xfstests generic/525
+    makes them: pages past 4 PiB, which the cache cannot map, are written
+    and read uncached, and a cached page next to them still counts."""
+
+    def test_bytes_at_huge_offsets_in_each_mode(self):
+        sp.require_env()
+        xfs = sp.XfsImage(sp.XfsImage.MIN_MB)
+        xfs.__enter__()
+        self.addCleanup(xfs.__exit__)
+        edge = 1 << 52  # 4 PiB
+        for mode in ('shared', 'kernel'):
+            backing = tempfile.mkdtemp(dir=xfs.dir)
+            m = sp.Mount(opts=('cache_size=64M', 'cache_mode=' + mode),
+                         backing=backing)
+            self.addCleanup(m.cleanup)
+            m.start()
+            p = m.path('big')
+            fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                os.ftruncate(fd, (1 << 63) - 1)
+                os.pwrite(fd, b'a', (1 << 63) - 2)
+                # One write across the edge: a cached page, then not.
+                data = pattern(3 * PAGE, 5)
+                os.pwrite(fd, data, edge - PAGE - 100)
+                self.assertEqual(os.pread(fd, len(data), edge - PAGE - 100),
+                                 data, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.assertEqual(os.stat(p).st_size, (1 << 63) - 1, mode)
+            self.assertEqual(m.stop(), 0, mode)
+            fd = os.open(os.path.join(backing, 'big'), os.O_RDONLY)
+            try:
+                self.assertEqual(os.pread(fd, 1, (1 << 63) - 2), b'a', mode)
+                self.assertEqual(os.pread(fd, len(data), edge - PAGE - 100),
+                                 data, mode)
+            finally:
+                os.close(fd)
+            m.start()
+            fd = os.open(m.path('big'), os.O_RDONLY)
+            try:
+                self.assertEqual(os.pread(fd, 1, (1 << 63) - 2), b'a', mode)
+                self.assertEqual(os.pread(fd, len(data), edge - PAGE - 100),
+                                 data, mode)
+                self.assertEqual(os.pread(fd, 8, edge + 5 * PAGE),
+                                 bytes(8), mode)
+            finally:
+                os.close(fd)
+            self.assertEqual(m.stop(), 0, mode)
+
+
 class TestDirectWrites(unittest.TestCase):
 
     def test_buffered_read_after_async_direct_write_is_fresh(self):
