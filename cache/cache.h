@@ -73,6 +73,8 @@ struct cache_config {
 				    * 0: write-through, every write is on
 				    * the backing file when it returns */
 	bool     readonly;         /* mount is read-only: never open for write */
+	bool     noatime;          /* reads leave the backing files' atime
+				    * (O_NOATIME where the daemon may) */
 	bool     watch_pressure;   /* shrink on memory pressure (pressure.h) */
 };
 

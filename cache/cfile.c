@@ -45,13 +45,16 @@ static int reopen(int path_fd, int flags)
 
 	snprintf(p, sizeof(p), "/proc/self/fd/%d", path_fd);
 	fd = open(p, flags | O_CLOEXEC);
+	if (fd < 0 && errno == EPERM && (flags & O_NOATIME))
+		fd = open(p, (flags & ~O_NOATIME) | O_CLOEXEC); /* not ours */
 	return fd < 0 ? -errno : fd;
 }
 
 /* The best descriptor we can have: read-write and O_DIRECT if allowed. */
 static int open_io_fd(struct cfile *f, bool readonly)
 {
-	int modes[2] = { O_RDWR, O_RDONLY };
+	int atime = f->cache->cfg.noatime ? O_NOATIME : 0;
+	int modes[2] = { O_RDWR | atime, O_RDONLY | atime };
 
 	for (int m = readonly ? 1 : 0; m < 2; m++) {
 		int fd = reopen(f->path_fd, modes[m] | O_DIRECT);

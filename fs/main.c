@@ -139,6 +139,7 @@ static int spfs_start(struct spfs *fs, const struct opts *o)
 		.size_bytes = o->cache_size,
 		.writeback_ms = o->writeback_ms,
 		.readonly = o->readonly,
+		.noatime = o->noatime,
 		.watch_pressure = true,
 		/* as many kept files as closed files keep their cfiles */
 		.detached_fds_max = (unsigned)fs->itab.idle_max,

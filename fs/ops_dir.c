@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "ops.h"
+#include "opts.h"
 
 /*
  * The handle is not touched once a reply is on its way: the kernel may
@@ -35,8 +36,11 @@ void ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		ret = ENOMEM;
 		goto out_err;
 	}
-	fd = openat(spfs_inode(fs, ino)->fd, ".",
-		    O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	fd = openat(spfs_inode(fs, ino)->fd, ".", O_RDONLY | O_DIRECTORY |
+		    O_CLOEXEC | (fs->opts->noatime ? O_NOATIME : 0));
+	if (fd == -1 && errno == EPERM && fs->opts->noatime)
+		fd = openat(spfs_inode(fs, ino)->fd, ".", /* not ours */
+			    O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd == -1) {
 		ret = errno;
 		goto out_free;

@@ -48,6 +48,8 @@ enum {
 	KEY_MODE,
 	KEY_DISCARD,
 	KEY_REMOUNT,
+	KEY_NOATIME,
+	KEY_ATIME,
 };
 
 static const struct fuse_opt opts_spec[] = {
@@ -73,6 +75,8 @@ static const struct fuse_opt opts_spec[] = {
 	FUSE_OPT_KEY("allow_mmap", KEY_MMAP),
 	FUSE_OPT_KEY("cache_mode=", KEY_MODE),
 	FUSE_OPT_KEY("remount", KEY_REMOUNT),
+	FUSE_OPT_KEY("noatime", KEY_NOATIME),
+	FUSE_OPT_KEY("atime", KEY_ATIME),
 	/* fstab words that mean nothing to a FUSE mount. */
 	FUSE_OPT_KEY("defaults", KEY_DISCARD),
 	FUSE_OPT_KEY("auto", KEY_DISCARD),
@@ -137,6 +141,11 @@ static int opts_proc(void *data, const char *arg, int key,
 		return 1;
 	case KEY_RW:
 		o->readonly = false;
+		return 1;
+	case KEY_NOATIME:
+	case KEY_ATIME:
+		/* The kernel's flag, and the daemon's reads of backing files. */
+		o->noatime = key == KEY_NOATIME;
 		return 1;
 	case KEY_REMOUNT:
 		o->remount = true;
@@ -622,6 +631,7 @@ void opts_usage(const char *prog)
 	       "                           the kernel, or per file at open: the\n"
 	       "                           kernel unless it shares (default auto)\n"
 	       "    -o ro                  read-only mount\n"
+	       "    -o noatime             reads leave files' access times alone\n"
 	       "    -o remount,ro|rw       set or clear the read-only flag of\n"
 	       "                           the mount at MOUNTPOINT (as mount(8)\n"
 	       "                           -o remount does), then exit\n"

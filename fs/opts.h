@@ -57,6 +57,7 @@ struct opts {
 	bool foreground;
 	bool debug;
 	bool readonly;
+	bool noatime;            /* -o noatime: reads leave atime alone */
 	bool help;
 	bool version;
 	bool remount;            /* -o remount: remount_mounted(), no daemon */

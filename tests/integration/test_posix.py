@@ -878,6 +878,32 @@ class TestInodeFlags(PosixCase):
             os.close(fd)
         self.assertSynced('f', data + b'tail')
 
+class TestNoatime(PosixCase):
+    """-o noatime (xfstests generic/120): reading a file or listing a
+    directory leaves their access times as they were."""
+    mount_opts = ('cache_size=64M', 'noatime')
+
+    def test_reads_leave_atime(self):
+        os.mkdir(self.m.bpath('d'))
+        with open(self.m.bpath('d', 'f'), 'wb') as f:
+            f.write(pattern(3 * PAGE, 6))
+        # Older than the mtime: relatime would move it on the next read.
+        for rel in (('d', 'f'), ('d',)):
+            st = os.stat(self.m.bpath(*rel))
+            os.utime(self.m.bpath(*rel), ns=(st.st_mtime_ns - 10**10,
+                                             st.st_mtime_ns))
+        before = [os.stat(self.m.bpath(*r)).st_atime_ns
+                  for r in (('d', 'f'), ('d',))]
+        self.assertEqual(sp.read_file(self.m.path('d', 'f')),
+                         pattern(3 * PAGE, 6))
+        self.assertEqual(os.listdir(self.m.path('d')), ['f'])
+        after = [os.stat(self.m.bpath(*r)).st_atime_ns
+                 for r in (('d', 'f'), ('d',))]
+        self.assertEqual(after, before)
+        self.assertEqual(os.stat(self.m.path('d', 'f')).st_atime_ns,
+                         before[0])
+
+
 class TestHugeOffsets(unittest.TestCase):
     """Files as large as XFS allows (2^63 - 1 bytes), as xfstests generic/525
     makes them: pages past 4 PiB, which the cache cannot map, are written
