@@ -512,7 +512,8 @@ int inode_stat(struct inode *in, struct stat *st)
 	return 0;
 }
 
-int inode_kill_suid(struct inode *in)
+int inode_kill_suid(struct inode *in, bool (*in_group)(void *arg, gid_t gid),
+		    void *arg)
 {
 	char path[32];
 	struct stat st;
@@ -524,7 +525,8 @@ int inode_kill_suid(struct inode *in)
 		return -errno;
 	if (st.st_mode & S_ISUID)
 		kill |= S_ISUID;
-	if ((st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP))
+	if ((st.st_mode & S_ISGID) &&
+	    ((st.st_mode & S_IXGRP) || !in_group(arg, st.st_gid)))
 		kill |= S_ISGID;
 	if (kill) {
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", in->fd);

@@ -161,11 +161,13 @@ void inode_fix_attr(struct inode *in, struct stat *st);
 /* fstat of the backing inode, fixed up. */
 int inode_stat(struct inode *in, struct stat *st);
 /*
- * A write by a caller without CAP_FSETID clears setuid, and setgid with
- * group execute, as on a local fs. The kernel leaves it to us for direct
- * I/O writes, and the writeback, done as root, would keep them. Cheap
- * unless the inode was ever seen with such a mode.
+ * A write by a caller without CAP_FSETID clears setuid, and setgid if the
+ * file is group-executable or the caller is not in its group (in_group
+ * says, asked only then), as on a local fs. The kernel leaves it to us
+ * for direct I/O writes and fallocate, and the writeback, done as root,
+ * would keep them. Cheap unless the inode was ever seen with such a mode.
  */
-int inode_kill_suid(struct inode *in);
+int inode_kill_suid(struct inode *in, bool (*in_group)(void *arg, gid_t gid),
+		    void *arg);
 
 #endif

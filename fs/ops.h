@@ -73,6 +73,8 @@ struct ops_creds {
 void ops_creds_enter(struct spfs *fs, fuse_req_t req, struct ops_creds *c,
 		     mode_t *mode);
 void ops_creds_leave(struct ops_creds *c);
+/* The caller's gid or one of its supplementary groups is gid. */
+bool ops_caller_in_group(fuse_req_t req, gid_t gid);
 /* The name is one the mount must not create or replace (EPERM). */
 int ops_check_new_name(struct spfs *fs, struct inode *dir, const char *name);
 /* Data operations (open, truncate) are for regular files: -EISDIR for a

@@ -74,12 +74,17 @@ static int ops_cur_flags(const struct fuse_file_info *fi)
 	return (fi->flags & O_ACCMODE) ? fi->flags : ops_fh_flags(fi);
 }
 
+static bool ops_req_in_group(void *req, gid_t gid)
+{
+	return ops_caller_in_group(req, gid);
+}
+
 /* See inode_kill_suid(); uid 0 stands for CAP_FSETID. */
 static int ops_modify_privs(fuse_req_t req, struct inode *in)
 {
 	if (fuse_req_ctx(req)->uid == 0)
 		return 0;
-	return inode_kill_suid(in);
+	return inode_kill_suid(in, ops_req_in_group, req);
 }
 
 /*

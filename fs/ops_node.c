@@ -298,6 +298,27 @@ void ops_readlink(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_readlink(req, buf);
 }
 
+bool ops_caller_in_group(fuse_req_t req, gid_t gid)
+{
+	gid_t some[32], *list = some;
+	bool found = fuse_req_ctx(req)->gid == gid;
+	int n;
+
+	if (found)
+		return true;
+	n = fuse_req_getgroups(req, 32, some);
+	if (n > 32) {
+		list = calloc((size_t)n, sizeof(*list));
+		if (list)
+			n = fuse_req_getgroups(req, n, list);
+	}
+	for (int i = 0; list && i < n && !found; i++)
+		found = list[i] == gid;
+	if (list != some)
+		free(list);
+	return found;
+}
+
 /*
  * fsuid and fsgid are per thread on Linux. Leaving fsuid 0 drops the
  * file-system capabilities of the thread; DAC_OVERRIDE and DAC_READ_SEARCH

@@ -102,28 +102,6 @@ void ops_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	ops_reply_backing(req, path, NULL, size);
 }
 
-/* Is the caller of req in group gid (its own or a supplementary one)? */
-static bool ops_caller_in_group(fuse_req_t req, gid_t gid)
-{
-	gid_t some[32], *list = some;
-	bool found = fuse_req_ctx(req)->gid == gid;
-	int n;
-
-	if (found)
-		return true;
-	n = fuse_req_getgroups(req, 32, some);
-	if (n > 32) {
-		list = calloc((size_t)n, sizeof(*list));
-		if (list)
-			n = fuse_req_getgroups(req, n, list);
-	}
-	for (int i = 0; list && i < n && !found; i++)
-		found = list[i] == gid;
-	if (list != some)
-		free(list);
-	return found;
-}
-
 /*
  * Setting an access ACL also sets the mode from it, and on a local file
  * system clears the setgid bit unless the caller is in the file's group

@@ -1171,6 +1171,32 @@ class TestOtherUsers(unittest.TestCase):
                              f'{name}: set by uid 100, gid {gid}, groups '
                              f'{groups}')
 
+    def test_fallocate_by_another_user_clears_setid_bits(self):
+        """xfstests generic/683-685: as a write does, a fallocate by a
+        caller without CAP_FSETID clears setuid, and setgid unless the
+        file is not group-executable and the caller is in its group."""
+        m = self._mount(('cache_size=64M', 'allow_other'))
+        os.chmod(m.path(), 0o777)
+        for mode, want in ((0o6666, 0o666), (0o6766, 0o766),
+                           (0o6776, 0o776)):
+            for how in (0, sp.FALLOC_FL_PUNCH_HOLE | sp.FALLOC_FL_KEEP_SIZE):
+                p = m.path(f'f{mode:o}-{how}')
+                sp.write_file(p, b'X' * (3 * PAGE))
+                os.chmod(p, mode)
+
+                def child():
+                    become_nobody()
+                    fd = os.open(p, os.O_RDWR)
+                    try:
+                        sp.fallocate(fd, how, PAGE, PAGE)
+                    finally:
+                        os.close(fd)
+                    return 0
+
+                self.assertEqual(in_child(child), 0, p)
+                self.assertEqual(oct(stat.S_IMODE(os.stat(p).st_mode)),
+                                 oct(want), f'{mode:o}, mode {how}')
+
     def test_default_acl_gives_new_modes_not_umask(self):
         m = self._mount(('cache_size=64M',))
         if not backing_has_acls(m.backing):
