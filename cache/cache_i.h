@@ -233,6 +233,9 @@ int cfile_writeback_locked(struct cfile *f);
 
 /* cfile.c */
 int cfile_stat_ident(struct cfile *f, struct cfile_ident *id);
+/* A new descriptor of f's backing file with open flags (and O_NOATIME
+ * under cfg.noatime, where the daemon may); the fd or -errno. */
+int cfile_reopen(struct cfile *f, int flags);
 /* Free kept files whose pages were all evicted (all: every kept file). */
 void cache_reap_kept(struct cache *c, bool all);
 /* Drop all pages (dirty ones too: caller wrote them back or does not want

@@ -38,12 +38,14 @@ int cfile_stat_ident(struct cfile *f, struct cfile_ident *id)
 	return 0;
 }
 
-static int reopen(int path_fd, int flags)
+int cfile_reopen(struct cfile *f, int flags)
 {
 	char p[64];
 	int fd;
 
-	snprintf(p, sizeof(p), "/proc/self/fd/%d", path_fd);
+	if (f->cache->cfg.noatime)
+		flags |= O_NOATIME;
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", f->path_fd);
 	fd = open(p, flags | O_CLOEXEC);
 	if (fd < 0 && errno == EPERM && (flags & O_NOATIME))
 		fd = open(p, (flags & ~O_NOATIME) | O_CLOEXEC); /* not ours */
@@ -53,15 +55,14 @@ static int reopen(int path_fd, int flags)
 /* The best descriptor we can have: read-write and O_DIRECT if allowed. */
 static int open_io_fd(struct cfile *f, bool readonly)
 {
-	int atime = f->cache->cfg.noatime ? O_NOATIME : 0;
-	int modes[2] = { O_RDWR | atime, O_RDONLY | atime };
+	int modes[2] = { O_RDWR, O_RDONLY };
 
 	for (int m = readonly ? 1 : 0; m < 2; m++) {
-		int fd = reopen(f->path_fd, modes[m] | O_DIRECT);
+		int fd = cfile_reopen(f, modes[m] | O_DIRECT);
 
 		if (fd == -EINVAL) {
 			/* The backing fs refuses O_DIRECT: buffered it is. */
-			fd = reopen(f->path_fd, modes[m]);
+			fd = cfile_reopen(f, modes[m]);
 			if (fd >= 0) {
 				f->fd = fd;
 				f->fd_direct = false;

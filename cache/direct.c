@@ -21,7 +21,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -59,14 +58,11 @@ static int copy_pinned(struct cache *c, uint32_t *fids, unsigned n, char *buf)
  * -errno; the rest of the page is zeroed. */
 static ssize_t read_last_page(struct cfile *f, uint64_t at, char *dst)
 {
-	char p[64];
+	int fd = cfile_reopen(f, O_RDONLY);
 	ssize_t n;
-	int fd;
 
-	snprintf(p, sizeof(p), "/proc/self/fd/%d", f->path_fd);
-	fd = open(p, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	n = pread(fd, dst, PG - 1, (off_t)at);
 	if (n < 0)
 		n = -errno;
@@ -254,14 +250,12 @@ ssize_t cache_write_unmapped(struct cfile *f, const void *buf, size_t len,
 {
 	struct cache *c = f->cache;
 	size_t done = 0;
-	char p[64];
 	int fd, ret = 0;
 
 	/* Buffered: O_DIRECT takes whole aligned pages only. */
-	snprintf(p, sizeof(p), "/proc/self/fd/%d", f->path_fd);
-	fd = open(p, O_WRONLY | O_CLOEXEC);
+	fd = cfile_reopen(f, O_WRONLY);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	while (done < len) {
 		ssize_t n = pwrite(fd, (const char *)buf + done, len - done,
 				   (off_t)(off + done));

@@ -25,7 +25,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -38,15 +37,16 @@
  * pages only, and the file must not grow past its size. */
 static int tail_fd(struct cfile *f)
 {
-	char p[64];
-
 	if (!f->fd_direct)
 		return f->fd;
 	if (f->wfd < 0) {
-		snprintf(p, sizeof(p), "/proc/self/fd/%d", f->path_fd);
-		f->wfd = open(p, O_WRONLY | O_CLOEXEC);
+		int fd = cfile_reopen(f, O_WRONLY);
+
+		if (fd < 0)
+			return fd;
+		f->wfd = fd;
 	}
-	return f->wfd < 0 ? -errno : f->wfd;
+	return f->wfd;
 }
 
 /* A page whose write failed is dirty again (unless rewritten or dropped
