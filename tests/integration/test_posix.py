@@ -904,6 +904,33 @@ class TestNoatime(PosixCase):
                          before[0])
 
 
+class TestAtimeAtMount(PosixCase):
+    """The daemon's own walk of the backing tree at mount (which prunes the
+    store of deleted files) leaves access times as they were, even where
+    relatime would move them."""
+
+    def setUp(self):
+        sp.require_env()
+        self.m = sp.Mount(opts=self.mount_opts)
+        self.addCleanup(self.m.cleanup)
+        os.makedirs(os.path.join(self.m.backing, 'd', 'e'))
+        sp.write_file(os.path.join(self.m.backing, 'd', 'e', 'f'), b'f')
+        self.before = {}
+        for rel in ('d', 'd/e'):
+            b = os.path.join(self.m.backing, rel)
+            st = os.stat(b)
+            os.utime(b, ns=(st.st_mtime_ns - 10**10, st.st_mtime_ns))
+            self.before[rel] = os.stat(b).st_atime_ns
+        self.m.start()
+
+    def test_walk_leaves_directory_atimes(self):
+        time.sleep(1.5)  # the walk runs in the background
+        self.assertEqual(self.m.stop(), 0)
+        after = {rel: os.stat(os.path.join(self.m.backing, rel)).st_atime_ns
+                 for rel in self.before}
+        self.assertEqual(after, self.before)
+
+
 class TestHugeOffsets(unittest.TestCase):
     """Files as large as XFS allows (2^63 - 1 bytes), as xfstests generic/525
     makes them: pages past 4 PiB, which the cache cannot map, are written
