@@ -379,7 +379,9 @@ void ops_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 	struct spfs *fs = spfs_of(req);
 	struct inode *in = spfs_inode(fs, ino);
 	struct cfile *cf = inode_cf(in);
-	bool append = ops_cur_flags(fi) & O_APPEND;
+	/* The kernel writing back a shared mapping (writepage) writes pages
+	 * where they are, whatever flags the handle it picked has. */
+	bool append = !fi->writepage && (ops_cur_flags(fi) & O_APPEND);
 	uint64_t where;
 	ssize_t n;
 
