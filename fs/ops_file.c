@@ -395,7 +395,9 @@ void ops_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 		return;
 	}
 	n = cache_write(cf, buf, size, (uint64_t)off, append, &where);
-	if (n > 0 && (ops_cur_flags(fi) & O_DIRECT) &&
+	/* Not for writepage: the kernel holds the pages under writeback
+	 * until we reply, and dropping them would wait for that reply. */
+	if (n > 0 && !fi->writepage && (ops_cur_flags(fi) & O_DIRECT) &&
 	    (fi->fh & OPS_FH_KCACHE))
 		ops_drop_kernel_pages(fs, ino, where, (size_t)n);
 	if (n < 0)

@@ -146,6 +146,23 @@ def mount_entry(path):
     return found
 
 
+def abort_fuse_connection(mnt):
+    """Abort the FUSE connection of mount point mnt (fusectl), so that
+    processes stuck on it get ENOTCONN instead of hanging a test."""
+    conns = '/sys/fs/fuse/connections'
+    if not os.listdir(conns):
+        subprocess.run(['mount', '-t', 'fusectl', 'fusectl', conns],
+                       stderr=subprocess.DEVNULL)
+    minor = os.minor(os.stat(mnt).st_dev) if is_mounted(mnt) else None
+    if minor is None:
+        return
+    try:
+        with open(f'{conns}/{minor}/abort', 'w') as f:
+            f.write('1')
+    except OSError:
+        pass
+
+
 def _unescape(s):
     return (s.replace('\\040', ' ').replace('\\011', '\t')
              .replace('\\012', '\n').replace('\\134', '\\'))

@@ -11,6 +11,7 @@ I/O; cache_mode=kernel gives shared maps without a second copy.
 
 import mmap
 import os
+import time
 import unittest
 
 import sp
@@ -137,6 +138,41 @@ class KernelCacheMode(AllowMmap):
     # The kernel caches the files and samepage keeps no copy: shared maps
     # work as with allow_mmap, without the second copy.
     mount_opts = ('cache_mode=kernel',)
+
+    def test_map_of_direct_handle_is_written_back(self):
+        # The kernel writes the mapping back through the O_DIRECT handle;
+        # the daemon must not ask it to drop pages it holds under
+        # writeback until the reply (that waited forever).
+        p = self.m.path('d')
+        sp.write_file(p, b'a' * (16 * PAGE))
+
+        def child():
+            fd = os.open(p, os.O_RDWR | os.O_DIRECT)
+            m = mmap.mmap(fd, 16 * PAGE, mmap.MAP_SHARED)
+            for r in range(20):
+                m[0:PAGE] = bytes([65 + r]) * PAGE
+                m[2 * PAGE:2 * PAGE + 100] = b'z' * 100
+                m.flush()
+            m.close()
+            os.close(fd)
+            return 'ok'
+
+        pid, r = sp.fork_json(child)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break
+            time.sleep(0.05)
+        else:
+            sp.abort_fuse_connection(self.m.mnt)
+            os.waitpid(pid, 0)
+            sp.read_json(r, b'null')
+            self.fail('msync of a map of an O_DIRECT handle hung')
+        self.assertEqual(sp.read_json(r, b'null'), 'ok')
+        want = b'T' * PAGE + b'a' * PAGE + b'z' * 100 + b'a' * (14 * PAGE - 100)
+        self.assertEqual(sp.read_file(p), want)
+        self.assertEqual(self.m.stop(), 0)
+        self.assertEqual(sp.read_file(self.m.bpath('d')), want)
 
 
 if __name__ == '__main__':
