@@ -14,6 +14,11 @@
 #ifndef FUSE_DIRECT_IO_ALLOW_MMAP
 #define FUSE_DIRECT_IO_ALLOW_MMAP (1ull << 36)
 #endif
+/* Linux 6.6 to 6.8 offer the flag but map such files with the generic
+ * page-cache operations: nothing writes a shared mapping back through
+ * the daemon (msync fails, stores are lost). 6.9 (protocol 7.40) maps
+ * them as cached files are mapped; ask only from there on. */
+#define DIRECT_MMAP_MIN_MINOR 40
 
 /* Set by the read of the INIT request, before its reply is written (the
  * same worker thread handles both). */
@@ -34,8 +39,9 @@ static ssize_t devio_read(int fd, void *buf, size_t len, void *userdata)
 		bool ext = in->flags & FUSE_INIT_EXT;
 		uint32_t flags2 = 0;
 
-		if (ext && (size_t)n >= sizeof(*h) + offsetof(struct fuse_init_in,
-							       flags2) + 4)
+		if (ext && in->minor >= DIRECT_MMAP_MIN_MINOR &&
+		    (size_t)n >= sizeof(*h) + offsetof(struct fuse_init_in,
+						      flags2) + 4)
 			flags2 = in->flags2;
 		atomic_store(&kernel_offers,
 			     flags2 & (uint32_t)(FUSE_DIRECT_IO_ALLOW_MMAP >> 32));

@@ -2,7 +2,7 @@
  * devio: the daemon's reads and writes of /dev/fuse, taken over from
  * libfuse (fuse_session_custom_io) for one purpose: libfuse 3.14 cannot
  * ask the kernel for FUSE_DIRECT_IO_ALLOW_MMAP (protocol 7.39, Linux
- * 6.6), without which mmap(MAP_SHARED) of a file opened with FUSE direct
+ * 6.6; asked for from 7.40, Linux 6.9, see devio.c), without which mmap(MAP_SHARED) of a file opened with FUSE direct
  * I/O, as shared-mode files are, fails with ENODEV. Where the kernel's
  * INIT request offers the flag, its reply asks for it; the kernel then
  * keeps a mapped file's pages coherent with direct reads and writes

@@ -3,7 +3,7 @@
 Shared-mode files are opened direct_io, so the kernel keeps no second copy
 of what is read. libfuse 3.14 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP;
 samepagefs asks for it itself (fs/devio.c) where the kernel offers it
-(Linux >= 6.6), and shared maps then work, kept coherent with reads and
+(Linux >= 6.9), and shared maps then work, kept coherent with reads and
 writes by the kernel; elsewhere they fail with ENODEV. Private maps (exec,
 read-only loaders) work everywhere. The allow_mmap option drops direct
 I/O; cache_mode=kernel gives shared maps without a second copy.
