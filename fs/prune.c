@@ -116,7 +116,7 @@ static bool exists(void *arg, uint64_t dev, uint64_t ino)
 
 struct prune_arg {
 	struct dedup *d;
-	char *root;
+	int root_fd; /* O_PATH or not, owned */
 };
 
 static void *prune_main(void *p)
@@ -129,7 +129,7 @@ static void *prune_main(void *p)
 	pthread_setname_np(pthread_self(), "sp-prune");
 	setpriority(PRIO_PROCESS, 0, 19);
 	u64map_init(&s);
-	fd = walk_open_dir(AT_FDCWD, a->root);
+	fd = walk_open_dir(a->root_fd, ".");
 	if (fd >= 0 && fstat(fd, &st)) {
 		ret = -errno;
 		close(fd);
@@ -145,12 +145,12 @@ static void *prune_main(void *p)
 	if (ret)
 		log_warn("pruning the store of deleted files: %s", strerror(-ret));
 	u64map_fini(&s);
-	free(a->root);
+	close(a->root_fd);
 	free(a);
 	return NULL;
 }
 
-int prune_start(struct dedup *d, const char *backing, pthread_t *out)
+int prune_start(struct dedup *d, int backing_fd, pthread_t *out)
 {
 	struct prune_arg *a = calloc(1, sizeof(*a));
 	int ret;
@@ -158,14 +158,15 @@ int prune_start(struct dedup *d, const char *backing, pthread_t *out)
 	if (!a)
 		return -ENOMEM;
 	a->d = d;
-	a->root = strdup(backing);
-	if (!a->root) {
+	a->root_fd = fcntl(backing_fd, F_DUPFD_CLOEXEC, 0);
+	if (a->root_fd < 0) {
+		ret = -errno;
 		free(a);
-		return -ENOMEM;
+		return ret;
 	}
 	ret = pthread_create(out, NULL, prune_main, a);
 	if (ret) {
-		free(a->root);
+		close(a->root_fd);
 		free(a);
 		return -ret;
 	}

@@ -433,6 +433,29 @@ class MountedOverBacking(unittest.TestCase):
             m.backing, '.samepage', 'data.mdb')))
         self.assertEqual(sp.read_file(os.path.join(m.backing, 'g')), data)
 
+    def test_prune_keeps_records_of_files_still_there(self):
+        # The background pass that forgets deleted files walks the backing
+        # directory: through the mount it would find no backing file and
+        # drop every record.
+        m = sp.Mount(opts=('cache_size=64M',))
+        self.addCleanup(m.cleanup)
+        m.mnt = m.backing
+        data = os.urandom(256 * 1024)
+        for n in ('a', 'b', 'c'):
+            sp.write_file(os.path.join(m.backing, n), data)
+        m.start()
+        for n in ('a', 'b', 'c'):
+            self.assertEqual(sp.read_file(m.path(n)), data)
+        self.assertEqual(m.stop(), 0, m.log())
+        state = os.path.join(m.backing, '.samepage')
+        n0 = store_counts(state)['files']
+        self.assertGreaterEqual(n0, 3)
+        os.unlink(os.path.join(m.backing, 'c'))  # while unmounted
+        m.start()
+        time.sleep(2)  # the pass runs in the background
+        self.assertEqual(m.stop(), 0, m.log())
+        self.assertEqual(store_counts(state)['files'], n0 - 1)
+
 
 if __name__ == '__main__':
     sp.main()
