@@ -141,7 +141,10 @@ int cache_set_limit(struct cache *c, uint64_t bytes);
 int cfile_open(struct cache *c, int path_fd, bool want_write,
 	       struct cfile **out);
 /* A writable backing descriptor for a file opened read-only so far; the
- * old one stays open until the file is freed (a request may use it). */
+ * old one stays open until the file is freed (a request may use it).
+ * When the backing file refuses: the error of its read-write open
+ * (-EPERM: immutable or append-only, -ETXTBSY: a running program), else
+ * -EACCES. cfile_open() with want_write fails the same way. */
 int cfile_make_writable(struct cfile *f);
 void cfile_get(struct cfile *f);
 /* Drops a reference; the last one writes back and frees the cfile. */

@@ -52,11 +52,13 @@ int cfile_reopen(struct cfile *f, int flags)
 	return fd < 0 ? -errno : fd;
 }
 
-/* The best descriptor we can have: read-write and O_DIRECT if allowed. */
-static int open_io_fd(struct cfile *f, bool readonly)
+/* The best descriptor we can have: read-write and O_DIRECT if allowed.
+ * *rw_err: why read-write was refused, when it was (0 otherwise). */
+static int open_io_fd(struct cfile *f, bool readonly, int *rw_err)
 {
 	int modes[2] = { O_RDWR, O_RDONLY };
 
+	*rw_err = 0;
 	for (int m = readonly ? 1 : 0; m < 2; m++) {
 		int fd = cfile_reopen(f, modes[m] | O_DIRECT);
 
@@ -79,6 +81,8 @@ static int open_io_fd(struct cfile *f, bool readonly)
 		if (fd != -EACCES && fd != -EROFS && fd != -EPERM &&
 		    fd != -ETXTBSY)
 			return fd;
+		if (m == 0)
+			*rw_err = fd;
 	}
 	return -EACCES;
 }
@@ -167,12 +171,12 @@ static void close_fds_locked(struct cache *c, struct cfile *f)
 /* Open (again) the descriptors of f from path_fd. */
 static int attach_fds(struct cfile *f, int path_fd)
 {
-	int ret;
+	int ret, rw_err;
 
 	f->path_fd = fcntl(path_fd, F_DUPFD_CLOEXEC, 3);
 	if (f->path_fd < 0)
 		return -errno;
-	ret = open_io_fd(f, f->cache->cfg.readonly);
+	ret = open_io_fd(f, f->cache->cfg.readonly, &rw_err);
 	if (ret) {
 		close(f->path_fd);
 		f->path_fd = -1;
@@ -183,7 +187,7 @@ static int attach_fds(struct cfile *f, int path_fd)
 int cfile_make_writable(struct cfile *f)
 {
 	struct cache *c = f->cache;
-	int old_fd, ret;
+	int old_fd, ret, rw_err;
 	bool direct;
 
 	pthread_rwlock_wrlock(&f->inval_lock);
@@ -195,10 +199,11 @@ int cfile_make_writable(struct cfile *f)
 	direct = f->fd_direct;
 	/* dedup reads a mapper's descriptor under map_lock (reflink.c) */
 	pthread_mutex_lock(&c->map_lock);
-	ret = open_io_fd(f, c->cfg.readonly);
+	ret = open_io_fd(f, c->cfg.readonly, &rw_err);
 	if (!ret && !f->fd_writable) {
 		close(f->fd);
-		ret = -EACCES;
+		/* EPERM for an immutable or append-only file, as locally */
+		ret = rw_err ? rw_err : -EACCES;
 	}
 	if (ret) {
 		f->fd = old_fd;

@@ -42,6 +42,18 @@ static int tail_fd(struct cfile *f)
 	if (f->wfd < 0) {
 		int fd = cfile_reopen(f, O_WRONLY);
 
+		/* Made append-only or immutable since f->fd was opened: no
+		 * new descriptor may write it, f->fd still may. It goes
+		 * buffered for good (O_DIRECT is a flag of the open file
+		 * that F_SETFL may clear); wfd is then a duplicate of it. */
+		if (fd == -EPERM) {
+			int fl = fcntl(f->fd, F_GETFL);
+
+			if (fl >= 0 && fcntl(f->fd, F_SETFL, fl & ~O_DIRECT) == 0)
+				fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 0);
+			if (fd < 0)
+				fd = -EPERM;
+		}
 		if (fd < 0)
 			return fd;
 		f->wfd = fd;

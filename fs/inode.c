@@ -315,7 +315,8 @@ static int inode_cfile_locked(struct cache *c, struct inode *in,
 	 * read-only mount).
 	 */
 	ret = cfile_open(c, in->fd, true, &cf);
-	if (ret == -EACCES && !want_write) {
+	if ((ret == -EACCES || ret == -EPERM || ret == -ETXTBSY) &&
+	    !want_write) {
 		writable = false;
 		ret = cfile_open(c, in->fd, false, &cf);
 	}

@@ -386,7 +386,10 @@ void ops_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 	ssize_t n;
 
 	n = ops_io_check(cf, off);
-	if (!n && (fi->fh & OPS_FH_APPEND_ONLY) && !append && !fi->writepage)
+	/* An append-only file takes appends only. A local file system
+	 * refuses its shared writable maps; the kernel cannot know the flag
+	 * here, so their writeback is refused instead. */
+	if (!n && (fi->fh & OPS_FH_APPEND_ONLY) && (fi->writepage || !append))
 		n = -EPERM;
 	if (!n)
 		n = ops_modify_privs(req, in);
@@ -529,7 +532,10 @@ void ops_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	err = -ops_modify_privs(req, out);
+	/* The kernel refuses O_APPEND destinations, and cannot know that
+	 * this one may only be appended to (F_SETFL cleared O_APPEND). */
+	err = (fi_out->fh & OPS_FH_APPEND_ONLY) ? EPERM :
+						  -ops_modify_privs(req, out);
 	if (err) {
 		fuse_reply_err(req, err);
 		return;

@@ -879,6 +879,60 @@ class TestInodeFlags(PosixCase):
             os.close(fd)
         self.assertSynced('f', data + b'tail')
 
+    def test_append_after_the_flag_reaches_the_disk(self):
+        # The file was written (and closed) before the flag went on; its
+        # last page is partial, and a new descriptor for it could not be
+        # opened any more: the append must still reach the disk, also
+        # once the kernel forgot the inode (the daemon then keeps only
+        # the file's read-write descriptor).
+        data = pattern(3 * PAGE + 100, 5)
+        p = self.flagged('f', data, FS_APPEND_FL)
+        sp.drop_caches()
+        with open(p, 'ab') as f:
+            f.write(b'appended')
+        self.assertSynced('f', data + b'appended')
+        self.assertEqual(sp.read_file(p), data + b'appended')
+
+    def test_flags_set_behind_the_mount_refuse_with_eperm(self):
+        for name, flag in (('i', FS_IMMUTABLE_FL), ('a', FS_APPEND_FL)):
+            b = self.m.bpath(name)
+            sp.write_file(b, b'behind')
+            set_fsflags(b, get_fsflags(b) | flag)
+            self.assertEPERM(os.open, self.m.path(name), os.O_WRONLY)
+            self.assertEPERM(os.open, self.m.path(name), os.O_RDWR)
+            self.assertEqual(sp.read_file(self.m.path(name)), b'behind')
+
+    def test_append_only_file_takes_no_copy_or_map_writes(self):
+        data = pattern(2 * PAGE, 6)
+        src = self.m.path('src')
+        sp.write_file(src, b'S' * PAGE)
+        p = self.flagged('f', data, FS_APPEND_FL)
+        fd = os.open(p, os.O_RDWR | os.O_APPEND)
+        sfd = os.open(src, os.O_RDONLY)
+        try:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, 0)
+            except OSError as e:
+                self.assertEqual(e.errno, errno.EPERM)
+            else:
+                self.assertEPERM(os.copy_file_range, sfd, fd, PAGE, 0, 0)
+            try:
+                m = mmap.mmap(fd, 2 * PAGE, mmap.MAP_SHARED)
+            except OSError as e:  # refused, as a local fs does (EACCES)
+                self.assertIn(e.errno, (errno.EACCES, errno.ENODEV))
+            else:
+                m[0:4] = b'MMAP'
+                try:
+                    m.flush()
+                except OSError:
+                    pass  # the writeback is refused
+                m.close()
+        finally:
+            os.close(sfd)
+            os.close(fd)
+        self.assertEqual(self.m.stop(), 0)
+        self.assertEqual(sp.read_file(self.m.bpath('f')), data)
+
 class TestNoatime(PosixCase):
     """-o noatime (xfstests generic/120): reading a file or listing a
     directory leaves their access times as they were."""
