@@ -1259,11 +1259,17 @@ class TestOtherUsers(unittest.TestCase):
         file is not group-executable and the caller is in its group."""
         m = self._mount(('cache_size=64M', 'allow_other'))
         os.chmod(m.path(), 0o777)
-        for mode, want in ((0o6666, 0o666), (0o6766, 0o766),
-                           (0o6776, 0o776)):
+        # (mode, the caller is in the file's group, mode after)
+        for mode, in_group, want in ((0o6666, False, 0o666),
+                                     (0o6766, False, 0o766),
+                                     (0o6776, False, 0o776),
+                                     (0o6666, True, 0o2666),
+                                     (0o6676, True, 0o676)):
             for how in (0, sp.FALLOC_FL_PUNCH_HOLE | sp.FALLOC_FL_KEEP_SIZE):
-                p = m.path(f'f{mode:o}-{how}')
+                p = m.path(f'f{mode:o}-{in_group}-{how}')
                 sp.write_file(p, b'X' * (3 * PAGE))
+                if in_group:
+                    os.chown(p, -1, NOBODY)
                 os.chmod(p, mode)
 
                 def child():
@@ -1277,7 +1283,8 @@ class TestOtherUsers(unittest.TestCase):
 
                 self.assertEqual(in_child(child), 0, p)
                 self.assertEqual(oct(stat.S_IMODE(os.stat(p).st_mode)),
-                                 oct(want), f'{mode:o}, mode {how}')
+                                 oct(want),
+                                 f'{mode:o}, in group {in_group}, mode {how}')
 
     def test_default_acl_gives_new_modes_not_umask(self):
         m = self._mount(('cache_size=64M',))
