@@ -514,12 +514,13 @@ int inode_stat(struct inode *in, struct stat *st)
 }
 
 int inode_kill_suid(struct inode *in, bool (*in_group)(void *arg, gid_t gid),
-		    void *arg)
+		    void *arg, bool *killed)
 {
 	char path[32];
 	struct stat st;
 	mode_t kill = 0;
 
+	*killed = false;
 	if (!__atomic_load_n(&in->maybe_suid, __ATOMIC_RELAXED))
 		return 0;
 	if (fstatat(in->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
@@ -533,6 +534,7 @@ int inode_kill_suid(struct inode *in, bool (*in_group)(void *arg, gid_t gid),
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", in->fd);
 		if (fchmodat(AT_FDCWD, path, st.st_mode & 07777 & ~kill, 0))
 			return -errno;
+		*killed = true;
 	}
 	if (!(st.st_mode & ~kill & (S_ISUID | S_ISGID)))
 		__atomic_store_n(&in->maybe_suid, false, __ATOMIC_RELAXED);

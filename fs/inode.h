@@ -166,8 +166,9 @@ int inode_stat(struct inode *in, struct stat *st);
  * says, asked only then), as on a local fs. The kernel leaves it to us
  * for direct I/O writes and fallocate, and the writeback, done as root,
  * would keep them. Cheap unless the inode was ever seen with such a mode.
+ * *killed: whether the mode changed.
  */
 int inode_kill_suid(struct inode *in, bool (*in_group)(void *arg, gid_t gid),
-		    void *arg);
+		    void *arg, bool *killed);
 
 #endif

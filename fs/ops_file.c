@@ -82,9 +82,21 @@ static bool ops_req_in_group(void *req, gid_t gid)
 /* See inode_kill_suid(); uid 0 stands for CAP_FSETID. */
 static int ops_modify_privs(fuse_req_t req, struct inode *in)
 {
+	struct spfs *fs = spfs_of(req);
+	bool killed;
+	int ret;
+
 	if (fuse_req_ctx(req)->uid == 0)
 		return 0;
-	return inode_kill_suid(in, ops_req_in_group, req);
+	ret = inode_kill_suid(in, ops_req_in_group, req, &killed);
+	/* The kernel cached the mode it set itself just before (it clears
+	 * setuid, and setgid only where the file is group-executable):
+	 * without this, stat shows the setgid bit cleared here for up to
+	 * the attribute timeout. Attributes only: no page is touched. */
+	if (!ret && killed)
+		fuse_lowlevel_notify_inval_inode(fs->se, spfs_ino(fs, in),
+						 -1, 0);
+	return ret;
 }
 
 /*

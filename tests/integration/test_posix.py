@@ -1282,6 +1282,12 @@ class TestOtherUsers(unittest.TestCase):
                     return 0
 
                 self.assertEqual(in_child(child), 0, p)
+                # stat(1) asks statx for the mode alone, which the kernel
+                # answers from its cache where it has the mode as valid.
+                shown = subprocess.run(['stat', '-c', '%a', p], check=True,
+                                       capture_output=True, text=True)
+                self.assertEqual(shown.stdout.strip(), f'{want:o}',
+                                 f'{mode:o}, in group {in_group}, mode {how}')
                 self.assertEqual(oct(stat.S_IMODE(os.stat(p).st_mode)),
                                  oct(want),
                                  f'{mode:o}, in group {in_group}, mode {how}')
