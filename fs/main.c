@@ -18,7 +18,6 @@
 #include "cache.h"
 #include "config.h"
 #include "dedup.h"
-#include "devio.h"
 #include "fs.h"
 #include "log.h"
 #include "opts.h"
@@ -363,10 +362,6 @@ int main(int argc, char *argv[])
 	/* Its failures, too, are explained by libfuse in one message. */
 	if (fuse_session_mount(se, o.mountpoint))
 		goto out_session;
-	if (devio_attach(se)) {
-		log_err("cannot take over the FUSE device");
-		goto out_unmount;
-	}
 	if (!o.foreground && spfs_detach(se, &ready_fd))
 		goto out_unmount;
 	if (fuse_set_signal_handlers(se)) {

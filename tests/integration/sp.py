@@ -714,17 +714,6 @@ def read_file(path):
         return f.read()
 
 
-def kernel_allows_direct_mmap():
-    """Linux >= 6.6 lets a FUSE server allow shared maps of files it opens
-    with direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP); samepagefs asks for it
-    from 6.9 on, where such maps are written back (fs/devio.c)."""
-    rel = os.uname().release.split('.')
-    try:
-        return (int(rel[0]), int(rel[1].split('-')[0])) >= (6, 9)
-    except (IndexError, ValueError):
-        return False
-
-
 def write_synced(path, data, mode='wb'):
     """write_file, and on disk (fsync) before it returns."""
     with open(path, mode) as f:

@@ -52,8 +52,8 @@ class ModelRun:
     def __init__(self, m, seed, nops, want_stats=False, max_off=MAX_OFF,
                  map_ops=False):
         self.m = m
-        # Shared maps, as fsx does them: where the kernel caches the files,
-        # or allows shared maps of direct I/O files (Linux >= 6.6).
+        # Shared maps, as fsx does them: only where the kernel caches the
+        # files (cache_mode=kernel); direct I/O files refuse them.
         self.ops = self.OPS + (self.MAP_OPS if map_ops else [])
         self.max_off = max_off
         self.want_stats = want_stats
@@ -459,8 +459,7 @@ class RandomOpsDefaultCache(sp.MountTestCase):
     def test_random_ops_match_model_and_backing(self):
         seed = _seed()
         sys.stderr.write(f'\n  seed {seed}\n')
-        ModelRun(self.m, seed, _nops(3000),
-                 map_ops=sp.kernel_allows_direct_mmap()).run()
+        ModelRun(self.m, seed, _nops(3000)).run()
 
 
 class RandomOpsTinyCache(sp.MountTestCase):
@@ -472,8 +471,7 @@ class RandomOpsTinyCache(sp.MountTestCase):
         seed = _seed()
         sys.stderr.write(f'\n  seed {seed}\n')
         run = ModelRun(self.m, seed, _nops(2000), want_stats=True,
-                       max_off=MAX_OFF_TINY,
-                       map_ops=sp.kernel_allows_direct_mmap())
+                       max_off=MAX_OFF_TINY)
         run.run(prefill=True)
         # The run must really have worked under the tiny budget.
         st = run.final_stats
@@ -508,8 +506,7 @@ class RandomOpsAutoMode(sp.MountTestCase):
         seed = _seed()
         sys.stderr.write(f'\n  seed {seed}\n')
         run = ModelRun(self.m, seed, _nops(2000), want_stats=True,
-                       max_off=MAX_OFF_TINY,
-                       map_ops=sp.kernel_allows_direct_mmap())
+                       max_off=MAX_OFF_TINY)
         run.run(prefill=True)
 
 

@@ -701,19 +701,18 @@ class TestFsOps(PosixCase):
             sp.write_file(self.m.bpath(name), new)
             self.assertEqual(sp.read_file(self.m.path(name)), new, f'round {i}')
 
-    def test_mmap_shared_and_private(self):
+    def test_mmap_shared_where_the_kernel_caches_private_always(self):
         data = pattern(3 * PAGE, 8)
         sp.write_file(self.m.path('mm'), data)
         with open(self.m.path('mm'), 'r+b') as f:
-            if self.m.mode == 'shared' and not sp.kernel_allows_direct_mmap():
-                # Direct I/O, and a kernel that cannot allow shared maps.
+            if self.m.mode == 'shared':
+                # Direct I/O: shared maps are refused (see test_mmap.py).
                 with self.assertRaises(OSError) as cm:
                     mmap.mmap(f.fileno(), len(data), flags=mmap.MAP_SHARED)
                 self.assertEqual(cm.exception.errno, errno.ENODEV)
             else:
-                # Cached by the kernel (auto mode, a file that shares
-                # nothing), or direct I/O with shared maps allowed: as on
-                # a local disk.
+                # The default (auto): a file that shares nothing is cached
+                # by the kernel, and shared maps work as on a local disk.
                 m = mmap.mmap(f.fileno(), len(data), flags=mmap.MAP_SHARED)
                 try:
                     m[PAGE:PAGE + 4] = b'MMAP'
