@@ -225,7 +225,8 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 	/* Shared mode: the cache is the only copy, no kernel page cache, no
 	 * flush on close of a handle that never wrote. With -o allow_mmap
 	 * the kernel caches the file too (twice the memory), so that shared
-	 * mmap works: libfuse 3.14 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP.
+	 * mmap works (the kernel's own shared maps of direct-I/O files are not
+ * coherent with write(); see README, Known limits).
 	 * Kernel mode: the kernel's copy is the only one. */
 	fi->direct_io = !kernel && !fs->allow_mmap;
 	if (!fi->direct_io) {
