@@ -184,7 +184,8 @@ static int spfs_start(struct spfs *fs, const struct opts *o)
 				"'%s'): %s", o->state_dir, strerror(-ret));
 		return ret;
 	}
-	if (dc.state_dir && prune_start(fs->dedup, fs->itab.root->fd, &fs->prune) == 0)
+	if (dc.state_dir &&
+	    prune_start(fs->dedup, fs->itab.root->fd, &fs->prune) == 0)
 		fs->prune_started = true;
 	log_debug("cache_size %llu, writeback_ms %u, scan %d, dedup_scope %s, "
 		  "state_dir %s", (unsigned long long)o->cache_size,
