@@ -226,7 +226,7 @@ static int ops_open_inode(struct spfs *fs, struct inode *in,
 	 * flush on close of a handle that never wrote. With -o allow_mmap
 	 * the kernel caches the file too (twice the memory), so that shared
 	 * mmap works (the kernel's own shared maps of direct-I/O files are not
- * coherent with write(); see README, Known limits).
+	 * coherent with write(); see README, Known limits).
 	 * Kernel mode: the kernel's copy is the only one. */
 	fi->direct_io = !kernel && !fs->allow_mmap;
 	if (!fi->direct_io) {
@@ -401,8 +401,8 @@ void ops_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 	n = ops_io_check(cf, off);
 	/* An append-only file takes appends only. A local file system
 	 * refuses its shared writable maps; the kernel cannot know the flag
-	 * here, so their writeback is refused instead. */
-	if (!n && (fi->fh & OPS_FH_APPEND_ONLY) && (fi->writepage || !append))
+	 * here, so their writeback (never an append) is refused instead. */
+	if (!n && (fi->fh & OPS_FH_APPEND_ONLY) && !append)
 		n = -EPERM;
 	if (!n)
 		n = ops_modify_privs(req, in);

@@ -153,7 +153,14 @@ def abort_fuse_connection(mnt):
     if not os.listdir(conns):
         subprocess.run(['mount', '-t', 'fusectl', 'fusectl', conns],
                        stderr=subprocess.DEVNULL)
-    minor = os.minor(os.stat(mnt).st_dev) if is_mounted(mnt) else None
+    # The device number from mountinfo: a stat of the mount point would
+    # wait on the very daemon that hangs.
+    path, minor = os.path.realpath(mnt), None
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and _unescape(fields[4]) == path:
+                minor = fields[2].split(':')[1]
     if minor is None:
         return
     try:

@@ -6,7 +6,7 @@ FUSE_DIRECT_IO_ALLOW_MMAP would allow them, but a write() then goes to the
 daemon while the map's pages stay in the kernel: a page faulted in
 between the kernel's invalidation and the write's arrival, then dirtied
 through the map, is written back over the write (check_map_and_writes_
-coherent lost bytes in a third of its rounds so). Private maps (exec,
+coherent, run so in shared mode, failed in 2 of 3 runs). Private maps (exec,
 read-only loaders) work everywhere. The allow_mmap option drops direct
 I/O; cache_mode=kernel gives shared maps without a second copy.
 """

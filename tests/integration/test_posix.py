@@ -932,6 +932,23 @@ class TestInodeFlags(PosixCase):
         self.assertEqual(self.m.stop(), 0)
         self.assertEqual(sp.read_file(self.m.bpath('f')), data)
 
+class TestInodeFlagsKernelMode(TestInodeFlags):
+    """The same where the kernel caches the files: there a shared
+    writable map of an append-only file is made, and its writeback must
+    be refused."""
+    mount_opts = ('cache_size=64M', 'cache_mode=kernel')
+
+    def test_append_after_the_flag_reaches_the_disk(self):
+        # Kernel mode keeps no descriptor of a closed file whose inode the
+        # kernel forgot, and the flag refuses a new read-write one: the
+        # open fails with EPERM (README, Known limits) and nothing is lost.
+        data = pattern(3 * PAGE + 100, 5)
+        p = self.flagged('f', data, FS_APPEND_FL)
+        sp.drop_caches()
+        self.assertEPERM(os.open, p, os.O_WRONLY | os.O_APPEND)
+        self.assertSynced('f', data)
+
+
 class TestNoatime(PosixCase):
     """-o noatime (xfstests generic/120): reading a file or listing a
     directory leaves their access times as they were."""
